@@ -1,0 +1,295 @@
+"""Every option of the course in one place: dataclass configs, presets, YAML and `-o` overrides.
+
+Presets `s m l x h` mirror PaddleDetection's `configs/mask_rtdetr/mask_rtdetr_hgnetv2_*_6x_coco.yml`
+(after `_BASE_` merging); `tiny` is the course's CPU model trained on the synthetic shapes data.
+Only `build_model`, `build_criterion`, the data builders and the Trainer read these objects; layers
+take explicit keyword arguments.
+"""
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import yaml
+
+
+@dataclass
+class ModelConfig:
+    """MaskRTDETR: PPHGNetV2 backbone, MaskHybridEncoder neck, MaskRTDETRTransformer, post-process."""
+
+    arch: str = "L"  # PPHGNetV2 arch: S, M, L, X, H, or T (the course's tiny backbone)
+    num_classes: int = 80
+    hidden_dim: int = 256  # decoder width (shared key: 256 for every official size)
+    num_prototypes: int = 32  # mask prototypes = mask embedding size
+    eval_size: Optional[Tuple[int, int]] = (640, 640)  # (h, w); None = any input size
+    # backbone (PPHGNetV2)
+    return_idx: List[int] = field(default_factory=lambda: [0, 1, 2, 3])
+    lr_mult_list: List[float] = field(default_factory=lambda: [0.0, 0.05, 0.05, 0.05, 0.05])
+    freeze_stem_only: bool = True
+    freeze_at: int = 0
+    freeze_norm: bool = True
+    # neck (MaskHybridEncoder)
+    encoder_hidden_dim: int = 256
+    use_encoder_idx: List[int] = field(default_factory=lambda: [3])  # indices of [4,8,16,32]
+    num_encoder_layers: int = 1
+    encoder_nhead: int = 8
+    encoder_dim_feedforward: int = 1024
+    expansion: float = 1.0
+    depth_mult: float = 1.0
+    mask_feat_channels: List[int] = field(default_factory=lambda: [64, 64])
+    pe_temperature: int = 10000
+    # transformer (MaskRTDETRTransformer)
+    num_queries: int = 300
+    num_levels: int = 3
+    num_decoder_points: int = 4
+    nhead: int = 8
+    num_decoder_layers: int = 6
+    dim_feedforward: int = 1024
+    num_denoising: int = 100
+    label_noise_ratio: float = 0.5
+    box_noise_scale: float = 1.0
+    mask_enhanced: bool = True
+    eval_idx: int = -1
+    # post-process (DETRPostProcess)
+    num_top_queries: int = 100
+    mask_threshold: float = 0.5
+
+
+@dataclass
+class LossConfig:
+    """MaskDINOLoss and its HungarianMatcher (PaddleDetection's MaskDINOHead.loss)."""
+
+    loss_coeff: Dict[str, float] = field(
+        default_factory=lambda: {"class": 4, "bbox": 5, "giou": 2, "mask": 5, "dice": 5})
+    matcher_coeff: Dict[str, float] = field(
+        default_factory=lambda: {"class": 4, "bbox": 5, "giou": 2, "mask": 5, "dice": 5})
+    aux_loss: bool = True
+    use_vfl: bool = True
+    vfl_iou_type: str = "mask"  # "mask" or "bbox": the IoU that the varifocal target follows
+    num_sample_points: int = 12544
+    oversample_ratio: float = 3.0
+    important_sample_ratio: float = 0.75
+    alpha: float = 0.25
+    gamma: float = 2.0
+
+
+@dataclass
+class DataConfig:
+    """Where the COCO-format data lives and how batches are made (PaddleDetection's readers)."""
+
+    dataset_dir: str = "dataset/coco"
+    train_image_dir: str = "train2017"
+    train_anno_path: str = "annotations/instances_train2017.json"
+    val_image_dir: str = "val2017"
+    val_anno_path: str = "annotations/instances_val2017.json"
+    batch_size: int = 4
+    eval_batch_size: int = 1
+    num_workers: int = 4
+    train_sizes: List[int] = field(
+        default_factory=lambda: [480, 512, 544, 576, 608, 640, 640, 640, 672, 704, 736, 768, 800])
+    allow_empty: bool = False  # keep training images without annotations
+    max_images: Optional[int] = None  # use only the first N images of each split (quick runs)
+
+
+@dataclass
+class TrainConfig:
+    """Optimiser, schedule, EMA, AMP, evaluation and checkpoints (PaddleDetection's optimizer_6x)."""
+
+    epochs: int = 72
+    max_iters: Optional[int] = None  # stop after this many steps instead of epochs
+    base_lr: float = 1e-4
+    weight_decay: float = 1e-4
+    warmup_steps: int = 2000
+    warmup_start_factor: float = 0.001
+    clip_grad_norm: float = 0.1
+    use_ema: bool = True
+    ema_decay: float = 0.9999
+    ema_decay_type: str = "exponential"
+    ema_filter_no_grad: bool = True
+    amp: bool = False
+    eval: bool = False  # evaluate after every `snapshot_epoch` epochs and keep the best
+    target_metrics: str = "mask"  # "mask" or "bbox": the AP that picks the best checkpoint
+    snapshot_epoch: int = 1
+    log_iter: int = 20
+    output_dir: str = "output"
+    seed: int = 0
+    pretrain_weights: Optional[str] = None  # path or URL loaded before training
+    weights: Optional[str] = None  # path or URL of the weights to evaluate / infer / export
+    resume: Optional[str] = None  # checkpoint to continue from
+
+
+@dataclass
+class Config:
+    """The whole course configuration: one object for the library, the CLI and the notebooks."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# ---------------------------------------------------------------- presets
+# Values that differ from ModelConfig's defaults (which are L's), from the five yml files.
+_MODEL_PRESETS: Dict[str, Dict[str, Any]] = {
+    "s": dict(arch="S", num_prototypes=128, lr_mult_list=[0.0, 0.1, 0.1, 0.1, 0.1],
+              use_encoder_idx=[2], expansion=0.5, mask_feat_channels=[64, 32]),
+    "m": dict(arch="M", num_prototypes=128, lr_mult_list=[0.0, 0.1, 0.1, 0.1, 0.1],
+              use_encoder_idx=[2], expansion=0.5, mask_feat_channels=[64, 64]),
+    "l": dict(arch="L"),
+    "x": dict(arch="X", num_prototypes=128, lr_mult_list=[0.0, 0.01, 0.01, 0.01, 0.01],
+              encoder_hidden_dim=384, encoder_dim_feedforward=2048,
+              mask_feat_channels=[128, 128]),
+    "h": dict(arch="H", num_prototypes=128, lr_mult_list=[0.0, 0.01, 0.01, 0.01, 0.01],
+              encoder_hidden_dim=512, encoder_dim_feedforward=2048, num_encoder_layers=2,
+              mask_feat_channels=[256, 128]),
+    # The course's CPU model: same modules, small widths, 256 px inputs, 4 shape classes.
+    "tiny": dict(arch="T", num_classes=4, hidden_dim=64, num_prototypes=16, eval_size=(256, 256),
+                 lr_mult_list=[1.0, 1.0, 1.0, 1.0, 1.0], freeze_stem_only=True, freeze_at=-1,
+                 freeze_norm=False, encoder_hidden_dim=64, encoder_nhead=4,
+                 encoder_dim_feedforward=128, expansion=0.5, depth_mult=0.34,
+                 mask_feat_channels=[32, 32], num_queries=100, nhead=4, num_decoder_layers=3,
+                 dim_feedforward=256, num_denoising=50, num_top_queries=50),
+}
+ARCHS = tuple(_MODEL_PRESETS)
+
+# Data and training presets: the official sizes keep the COCO defaults above.
+_DATA_PRESETS: Dict[str, Dict[str, Any]] = {
+    "tiny": dict(dataset_dir="dataset/shapes", train_image_dir="train",
+                 train_anno_path="instances_train.json", val_image_dir="val",
+                 val_anno_path="instances_val.json", batch_size=4, num_workers=2,
+                 train_sizes=[224, 256, 288]),
+}
+_TRAIN_PRESETS: Dict[str, Dict[str, Any]] = {
+    "tiny": dict(epochs=30, base_lr=4e-4, warmup_steps=100, clip_grad_norm=0.1, ema_decay=0.999,
+                 output_dir="output/tiny_shapes", log_iter=10),
+}
+
+
+def model_config(arch: str = "l", **overrides: Any) -> ModelConfig:
+    """The ModelConfig of a preset ("s", "m", "l", "x", "h", "tiny") with fields overridden."""
+    key = arch.lower()
+    if key not in _MODEL_PRESETS:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
+    cfg = ModelConfig(**_MODEL_PRESETS[key])
+    return _replace_checked(cfg, overrides)
+
+
+def get_config(preset: str = "l") -> Config:
+    """The full Config of a preset: COCO for the five official sizes, shapes data for `tiny`."""
+    key = preset.lower()
+    return Config(model=model_config(key), loss=LossConfig(),
+                  data=DataConfig(**_DATA_PRESETS.get(key, {})),
+                  train=TrainConfig(**_TRAIN_PRESETS.get(key, {})))
+
+
+def quick_mode() -> bool:
+    """True when `MRTDETR_QUICK=1`: notebooks and CLIs take the small path (tests set it)."""
+    return os.environ.get("MRTDETR_QUICK", "0").lower() not in ("", "0", "false", "no")
+
+
+# ---------------------------------------------------------------- checked updates
+def _field_types(obj: Any) -> Dict[str, Any]:
+    return {f.name: f for f in dataclasses.fields(obj)}
+
+
+def _check_value(section: str, name: str, value: Any, default: Any) -> Any:
+    """Coerce YAML/CLI values to the type of the field's default; fail with the field's name."""
+    if default is None or value is None:
+        return tuple(value) if isinstance(value, list) and name == "eval_size" else value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"{section}.{name} must be true/false, got {value!r}")
+        return value
+    if isinstance(default, (int, float)) and not isinstance(default, bool):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{section}.{name} must be a number, got {value!r}")
+        if isinstance(default, int) and not float(value).is_integer():
+            raise ValueError(f"{section}.{name} must be an integer, got {value!r}")
+        return type(default)(value)
+    if isinstance(default, (list, tuple)):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{section}.{name} must be a list, got {value!r}")
+        return type(default)(value)
+    if isinstance(default, dict):
+        if not isinstance(value, dict) or set(value) - set(default):
+            raise ValueError(f"{section}.{name} must be a mapping with keys from "
+                             f"{sorted(default)}, got {value!r}")
+        return {**default, **value}
+    if isinstance(default, str) and not isinstance(value, str):
+        raise ValueError(f"{section}.{name} must be a string, got {value!r}")
+    return value
+
+
+def _replace_checked(obj: Any, updates: Dict[str, Any], section: str = "model") -> Any:
+    """dataclasses.replace with an error naming the valid keys for an unknown one."""
+    fields = _field_types(obj)
+    unknown = [k for k in updates if k not in fields]
+    if unknown:
+        raise ValueError(f"unknown {section} key(s) {unknown}; valid keys: {', '.join(fields)}")
+    checked = {k: _check_value(section, k, v, getattr(obj, k)) for k, v in updates.items()}
+    return dataclasses.replace(obj, **checked)
+
+
+def update_config(cfg: Config, updates: Dict[str, Any]) -> Config:
+    """Apply a nested mapping {section: {key: value}} to a Config, checking every key and type."""
+    sections = _field_types(cfg)
+    unknown = [k for k in updates if k not in sections]
+    if unknown:
+        raise ValueError(f"unknown config section(s) {unknown}; valid: {', '.join(sections)}")
+    for name, values in updates.items():
+        if not isinstance(values, dict):
+            raise ValueError(f"config section {name!r} must be a mapping, got {values!r}")
+        cfg = dataclasses.replace(cfg, **{name: _replace_checked(getattr(cfg, name), values,
+                                                                 name)})
+    return cfg
+
+
+def parse_overrides(items: List[str], cfg: Config) -> Dict[str, Dict[str, Any]]:
+    """Turn `-o section.key=value` (or `key=value` when the key is unique) into a nested mapping."""
+    updates: Dict[str, Dict[str, Any]] = {}
+    owners: Dict[str, List[str]] = {}
+    for section in _field_types(cfg):
+        for key in _field_types(getattr(cfg, section)):
+            owners.setdefault(key, []).append(section)
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key=value")
+        key, text = item.split("=", 1)
+        if "." in key:
+            section, key = key.split(".", 1)
+        elif len(owners.get(key, [])) == 1:
+            section = owners[key][0]
+        elif key in owners:
+            raise ValueError(f"override key {key!r} is ambiguous; write one of "
+                             f"{[s + '.' + key for s in owners[key]]}")
+        else:
+            raise ValueError(f"unknown override key {key!r}; valid keys: {', '.join(owners)}")
+        updates.setdefault(section, {})[key] = yaml.safe_load(text) if text else None
+    return updates
+
+
+def load_config(path: str, overrides: Optional[List[str]] = None) -> Config:
+    """Read a YAML config (`preset:` + sections), then apply `-o` style overrides."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file not found: {path}")
+    with open(path) as f:
+        raw = yaml.safe_load(f) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: the top level must be a mapping of sections")
+    cfg = get_config(raw.pop("preset", "l"))
+    try:
+        cfg = update_config(cfg, raw)
+        if overrides:
+            cfg = update_config(cfg, parse_overrides(overrides, cfg))
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    return cfg
+
+
+def save_config(cfg: Config, path: str) -> None:
+    """Write a Config as YAML that `load_config` reads back to an equal Config."""
+    data = dataclasses.asdict(cfg)
+    data["model"]["eval_size"] = (list(cfg.model.eval_size) if cfg.model.eval_size else None)
+    with open(path, "w") as f:
+        yaml.safe_dump(data, f, sort_keys=False)

@@ -1,0 +1,37 @@
+"""Shared test fixtures: the PaddleDetection reference folder, quick mode, small helpers."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("MRTDETR_QUICK", "1")
+os.environ.setdefault("GLOG_minloglevel", "2")
+
+
+def reference_dir() -> Path:
+    """The ground-truth folder: env MRTDETR_REFERENCE_DIR, default ../shared/reference."""
+    return Path(os.environ.get("MRTDETR_REFERENCE_DIR", ROOT.parent / "shared" / "reference"))
+
+
+@pytest.fixture(scope="session")
+def ref_dir() -> Path:
+    """The reference folder, or a skip that says where it was looked for."""
+    path = reference_dir()
+    if not (path / "refweights.py").is_file():
+        pytest.skip(f"PaddleDetection reference fixtures not found in {path} "
+                    "(set MRTDETR_REFERENCE_DIR)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def refweights(ref_dir):
+    """The reference's numpy-only weight generator module (refweights.py)."""
+    sys.path.insert(0, str(ref_dir))
+    try:
+        import refweights as module
+    finally:
+        sys.path.pop(0)
+    return module

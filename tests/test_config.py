@@ -1,0 +1,48 @@
+"""Config: presets, checked overrides, YAML round trip, clear errors."""
+
+import pytest
+
+import mrtdetr_lib as mrt
+from mrtdetr_lib.config import parse_overrides, update_config
+
+
+def test_presets_differ_as_paddledetection_configs():
+    s, l, h = mrt.model_config("s"), mrt.model_config("l"), mrt.model_config("h")
+    assert (s.arch, s.num_prototypes, s.use_encoder_idx, s.expansion) == ("S", 128, [2], 0.5)
+    assert (l.arch, l.num_prototypes, l.use_encoder_idx, l.expansion) == ("L", 32, [3], 1.0)
+    assert (h.encoder_hidden_dim, h.num_encoder_layers, h.mask_feat_channels) == (512, 2, [256, 128])
+    assert all(mrt.model_config(a).hidden_dim == 256 for a in "smlxh")
+
+
+def test_model_overrides_are_checked():
+    assert mrt.model_config("l", num_queries=100).num_queries == 100
+    with pytest.raises(ValueError, match="num_querys.*valid keys"):
+        mrt.model_config("l", num_querys=100)
+    with pytest.raises(ValueError, match="must be an integer"):
+        mrt.model_config("l", num_queries=1.5)
+    with pytest.raises(ValueError, match="unknown arch"):
+        mrt.model_config("q")
+
+
+def test_cli_overrides_resolve_unique_keys():
+    cfg = mrt.get_config("tiny")
+    upd = parse_overrides(["weights=out/w.pdparams", "model.num_queries=50", "epochs=3"], cfg)
+    cfg = update_config(cfg, upd)
+    assert (cfg.train.weights, cfg.model.num_queries, cfg.train.epochs) == ("out/w.pdparams", 50, 3)
+    with pytest.raises(ValueError, match="unknown override key"):
+        parse_overrides(["nope=1"], cfg)
+    with pytest.raises(ValueError, match="key=value"):
+        parse_overrides(["epochs"], cfg)
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = update_config(mrt.get_config("tiny"), {"train": {"epochs": 2}, "model": {"eval_size": None}})
+    path = tmp_path / "c.yml"
+    mrt.save_config(cfg, str(path))
+    assert mrt.load_config(str(path)) == cfg
+    bad = tmp_path / "bad.yml"
+    bad.write_text("preset: tiny\ntrain:\n  epoch: 3\n")
+    with pytest.raises(ValueError, match="bad.yml.*unknown train key.*epochs"):
+        mrt.load_config(str(bad))
+    with pytest.raises(FileNotFoundError, match="missing.yml"):
+        mrt.load_config(str(tmp_path / "missing.yml"))
