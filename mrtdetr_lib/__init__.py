@@ -1,4 +1,4 @@
-"""mrtdetr_lib: Mask RT-DETR (PaddleDetection's real-time instance segmentation DETR), built to learn.
+"""mrtdetr_lib: Mask RT-DETR (PaddleDetection's real-time instance-segmentation DETR) to learn.
 
 One import for the whole course: `import mrtdetr_lib as mrt`, then `mrt.build_model("l")`,
 `mrt.build_criterion()`, `mrt.get_config("tiny")`, ... Names load lazily, so the data tools do not

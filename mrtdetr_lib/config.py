@@ -16,7 +16,7 @@ import yaml
 
 @dataclass
 class ModelConfig:
-    """MaskRTDETR: PPHGNetV2 backbone, MaskHybridEncoder neck, MaskRTDETRTransformer, post-process."""
+    """MaskRTDETR: PPHGNetV2 backbone, MaskHybridEncoder, MaskRTDETRTransformer, post-process."""
 
     arch: str = "L"  # PPHGNetV2 arch: S, M, L, X, H, or T (the course's tiny backbone)
     num_classes: int = 80
@@ -94,7 +94,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimiser, schedule, EMA, AMP, evaluation and checkpoints (PaddleDetection's optimizer_6x)."""
+    """Optimiser, schedule, EMA, AMP, evaluation and checkpoints (ppdet's optimizer_6x)."""
 
     epochs: int = 72
     max_iters: Optional[int] = None  # stop after this many steps instead of epochs

@@ -7,10 +7,11 @@ from mrtdetr_lib.config import parse_overrides, update_config
 
 
 def test_presets_differ_as_paddledetection_configs():
-    s, l, h = mrt.model_config("s"), mrt.model_config("l"), mrt.model_config("h")
+    s, lg, h = mrt.model_config("s"), mrt.model_config("l"), mrt.model_config("h")
     assert (s.arch, s.num_prototypes, s.use_encoder_idx, s.expansion) == ("S", 128, [2], 0.5)
-    assert (l.arch, l.num_prototypes, l.use_encoder_idx, l.expansion) == ("L", 32, [3], 1.0)
-    assert (h.encoder_hidden_dim, h.num_encoder_layers, h.mask_feat_channels) == (512, 2, [256, 128])
+    assert (lg.arch, lg.num_prototypes, lg.use_encoder_idx, lg.expansion) == ("L", 32, [3], 1.0)
+    assert (h.encoder_hidden_dim, h.num_encoder_layers) == (512, 2)
+    assert h.mask_feat_channels == [256, 128]
     assert all(mrt.model_config(a).hidden_dim == 256 for a in "smlxh")
 
 
@@ -36,7 +37,8 @@ def test_cli_overrides_resolve_unique_keys():
 
 
 def test_yaml_round_trip(tmp_path):
-    cfg = update_config(mrt.get_config("tiny"), {"train": {"epochs": 2}, "model": {"eval_size": None}})
+    updates = {"train": {"epochs": 2}, "model": {"eval_size": None}}
+    cfg = update_config(mrt.get_config("tiny"), updates)
     path = tmp_path / "c.yml"
     mrt.save_config(cfg, str(path))
     assert mrt.load_config(str(path)) == cfg

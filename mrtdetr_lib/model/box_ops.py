@@ -1,0 +1,48 @@
+"""Box and mask geometry shared by the model, the post-process and the loss.
+
+Boxes without a suffix are normalised (cx, cy, w, h) in 0..1, as DETR predicts them; other
+formats say so in their names (`_xyxy`, `_px`). Mirrors `ppdet/modeling/transformers/utils.py`.
+"""
+
+import paddle
+
+
+def box_cxcywh_to_xyxy(boxes: paddle.Tensor) -> paddle.Tensor:
+    """[..., 4] (cx, cy, w, h) -> (x1, y1, x2, y2)."""
+    center, size = boxes[..., :2], boxes[..., 2:]
+    return paddle.concat([center - 0.5 * size, center + 0.5 * size], axis=-1)
+
+
+def box_xyxy_to_cxcywh(boxes_xyxy: paddle.Tensor) -> paddle.Tensor:
+    """[..., 4] (x1, y1, x2, y2) -> (cx, cy, w, h)."""
+    x1, y1, x2, y2 = paddle.unbind(boxes_xyxy, axis=-1)
+    return paddle.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], axis=-1)
+
+
+def inverse_sigmoid(x: paddle.Tensor, eps: float = 1e-5) -> paddle.Tensor:
+    """log(x / (1 - x)) with x clipped to [0, 1] and both terms to >= eps (ppdet's exact form)."""
+    x = x.clip(min=0.0, max=1.0)
+    return paddle.log(x.clip(min=eps) / (1 - x).clip(min=eps))
+
+
+def mask_to_box_coordinate(masks: paddle.Tensor, normalize: bool = False,
+                           format: str = "xyxy") -> paddle.Tensor:
+    """Tight box around each mask: [B, N, H, W] bool -> [B, N, 4]; an empty mask gives 0s.
+
+    x_max / y_max are `last index + 1`, so a one-pixel mask has width 1; `normalize` divides
+    by (W, H, W, H); `format` is "xyxy" or "xywh" (= cx, cy, w, h).
+    """
+    assert format in ("xyxy", "xywh"), format
+    h, w = masks.shape[-2:]
+    y, x = paddle.meshgrid(paddle.arange(h, dtype="float32"), paddle.arange(w, dtype="float32"))
+    filled = masks.astype("float32")
+    big = paddle.full_like(filled, 1e8)  # stands in for "no pixel" in the minimum
+    x_max = (x * filled).flatten(-2).max(-1) + 1
+    y_max = (y * filled).flatten(-2).max(-1) + 1
+    x_min = paddle.where(masks, x * filled, big).flatten(-2).min(-1)
+    y_min = paddle.where(masks, y * filled, big).flatten(-2).min(-1)
+    boxes = paddle.stack([x_min, y_min, x_max, y_max], axis=-1)
+    boxes = boxes * masks.any(axis=[2, 3]).unsqueeze(-1).astype("float32")
+    if normalize:
+        boxes = boxes / paddle.to_tensor([w, h, w, h], dtype="float32")
+    return boxes if format == "xyxy" else box_xyxy_to_cxcywh(boxes)
