@@ -1,0 +1,74 @@
+"""Crash-safe checkpoints: atomic writes, RNG states, optimiser state keyed by parameter path.
+
+PaddleDetection saves `.pdparams` (EMA weights), `.pdema` and `.pdopt` side by side with plain
+`paddle.save` (`ppdet/utils/checkpoint.py`); a kill during the write leaves a broken file. Here
+every file is written to a temporary name and renamed over the old one (`os.replace` is atomic),
+so the last good checkpoint survives any interruption.
+"""
+
+import os
+import random
+import re
+from typing import Any, Dict
+
+import numpy as np
+import paddle
+from paddle import nn
+
+# AdamW accumulators are saved under "<param.name>_<accumulator>_0"; param.name ("linear_12.w_0")
+# depends on how many layers the process built before, so we store structured names instead.
+_ACCUMULATOR = re.compile(r"^(?P<param>.+)_(?P<acc>moment1|moment2|moment2_max|beta1_pow_acc|"
+                          r"beta2_pow_acc)_(?P<idx>\d+)$")
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """paddle.save to `path.tmp<pid>`, fsync, then rename over `path`: never a half-written file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            paddle.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def rng_state() -> Dict[str, Any]:
+    """Python, numpy and paddle (CPU generator) random states, to resume bit-exactly."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(),
+            "paddle": paddle.get_rng_state()}
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    """Restore `rng_state()`."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    paddle.set_rng_state(state["paddle"])
+
+
+def optimizer_state(optimizer: paddle.optimizer.Optimizer, model: nn.Layer) -> Dict[str, Any]:
+    """optimizer.state_dict() with accumulator keys renamed from param.name to the param's path."""
+    paths = {p.name: path for path, p in model.named_parameters()}
+    state = {}
+    for key, value in optimizer.state_dict().items():
+        match = _ACCUMULATOR.match(key)
+        if match and match["param"] in paths:
+            key = f"{paths[match['param']]}:{match['acc']}_{match['idx']}"
+        state[key] = value
+    return state
+
+
+def set_optimizer_state(optimizer: paddle.optimizer.Optimizer, model: nn.Layer,
+                        state: Dict[str, Any]) -> None:
+    """Inverse of `optimizer_state` for the parameters of `model` as built in this process."""
+    names = {path: p.name for path, p in model.named_parameters()}
+    restored = {}
+    for key, value in state.items():
+        path, sep, acc = key.rpartition(":")
+        if sep and path in names:
+            key = f"{names[path]}_{acc}"
+        restored[key] = value
+    optimizer.set_state_dict(restored)
