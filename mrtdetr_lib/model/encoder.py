@@ -34,21 +34,15 @@ def _resize(x: paddle.Tensor, size, mode: str) -> paddle.Tensor:
     return F.interpolate(x, size=size, mode=mode, align_corners=False)
 
 
-def _double(x: paddle.Tensor) -> List:
-    """The (H, W) of [B, C, H, W] times two."""
-    return [x.shape[2] * 2, x.shape[3] * 2]
-
-
 class BaseConv(nn.Layer):
     """Conv + BN + SiLU (x * sigmoid(x), as ppdet writes it): [B, Cin, H, W] -> [B, Cout, ...]."""
 
     def __init__(self, in_channels: int, out_channels: int, ksize: int, stride: int = 1):
         super().__init__()
         bound = 1 / math.sqrt(in_channels * ksize * ksize)  # ppdet's conv_init_
+        init = nn.initializer.Uniform(-bound, bound)
         self.conv = nn.Conv2D(in_channels, out_channels, ksize, stride, padding=(ksize - 1) // 2,
-                              weight_attr=ParamAttr(initializer=nn.initializer.Uniform(-bound,
-                                                                                      bound)),
-                              bias_attr=False)
+                              weight_attr=ParamAttr(initializer=init), bias_attr=False)
         self.bn = _batch_norm(out_channels)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
@@ -70,7 +64,7 @@ class ConvBNLayer(nn.Layer):
 
 
 class RepVggBlock(nn.Layer):
-    """SiLU(3x3 conv+BN + 1x1 conv+BN); the two branches fuse into one 3x3 conv for deployment."""
+    """SiLU(3x3 conv+BN + 1x1 conv+BN): a 3x3 conv that trains like a ResNet block (RepVGG)."""
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
@@ -160,7 +154,7 @@ class Upsample2x(nn.Layer):
     """Bilinear (half-pixel) x2 upsampling: [B, C, H, W] -> [B, C, 2H, 2W]."""
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        return _resize(x, _double(x), "bilinear")
+        return _resize(x, [x.shape[2] * 2, x.shape[3] * 2], "bilinear")
 
 
 class MaskFeatFPN(nn.Layer):
@@ -202,7 +196,8 @@ class MaskHybridEncoder(nn.Layer):
     `in_channels`/`feat_strides` list all four backbone levels; the stride-4 map only feeds the
     mask branch. `use_encoder_idx` counts in those four levels (PaddleDetection's convention).
     With `eval_size` (H, W) the AIFI position embedding is computed once at init (a buffer not
-    in the state_dict) and used in eval; otherwise it is computed from each input's size.
+    in the state_dict) and used in eval, so eval inputs must have that size; in training, or
+    with `eval_size=None`, it is computed from each input's size (the same numbers).
     """
 
     def __init__(self, in_channels: Sequence[int], feat_strides: Sequence[int] = (4, 8, 16, 32),
@@ -256,7 +251,7 @@ class MaskHybridEncoder(nn.Layer):
                 self.register_buffer(f"pos_embed{idx}", pos_embed, persistable=False)
 
     def _encode(self, feat: paddle.Tensor, encoder_idx: int, level: int) -> paddle.Tensor:
-        """AIFI: [B, D, H, W] -> tokens [B, H*W, D] -> self-attention -> [B, D, H, W]"""
+        """AIFI: [B, D, H, W] -> tokens [B, H*W, D] -> self-attention -> [B, D, H, W]."""
         h, w = feat.shape[2:]
         src = feat.flatten(2).transpose([0, 2, 1])  # [B, H*W, D], h-major tokens
         if self.training or self.eval_size is None:
