@@ -1,0 +1,6 @@
+"""The Mask RT-DETR model: backbone, neck, transformer, post-process and `build_model`."""
+
+from .detr import MaskRTDETR, build_model, split_predictions
+from .postprocess import DETRPostProcess
+
+__all__ = ["DETRPostProcess", "MaskRTDETR", "build_model", "split_predictions"]

@@ -1,0 +1,78 @@
+"""DETRPostProcess: raw query predictions -> the top detections in original-image pixels.
+
+A DETR has no NMS: each query is one candidate. With a sigmoid (focal-loss) classifier every
+(query, class) pair is a candidate of its own, so the top `num_top_queries` pairs are taken
+over the flattened Q*K scores; a query may appear twice with two labels. Boxes are scaled to
+the original image size; masks go from stride 4 straight to the original size (bilinear) and
+are thresholded. Mirrors `DETRPostProcess` (`ppdet/modeling/post_process.py`) with
+use_focal_loss=True, with_mask=True, bbox_decode_type='origin'.
+"""
+
+import math
+from typing import Dict
+
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+from .box_ops import box_cxcywh_to_xyxy
+
+
+class DETRPostProcess(nn.Layer):
+    """Top-k (query, class) pairs -> bbox [B*k, 6], bbox_num [B], mask [B*k, H0, W0] int32.
+
+    A weightless layer so it exports (paddle.jit.to_static) together with the model. The input
+    image is taken to be the whole resized image (no padding), as PaddleDetection's
+    Resize(keep_ratio=False) readers make it.
+    """
+
+    def __init__(self, num_classes: int = 80, num_top_queries: int = 100,
+                 mask_threshold: float = 0.5):
+        super().__init__()
+        self.num_classes, self.num_top_queries = num_classes, num_top_queries
+        self.mask_threshold = mask_threshold
+        # sigmoid(x) > t  <=>  x > log(t / (1 - t)): threshold the logits, skip 40M sigmoids
+        self.logit_threshold = math.log(mask_threshold / (1 - mask_threshold))
+
+    def resize_masks(self, masks: paddle.Tensor, origin_shape: paddle.Tensor) -> paddle.Tensor:
+        """masks [B, k, h, w] logits, origin_shape [B, 2] (h, w) -> [B*k, H0max, W0max] 0/1.
+
+        Each image's masks are resized to its own original size. When the sizes differ, every
+        image's masks sit in the top-left corner of one [max h, max w] canvas, zeros around
+        them (PaddleDetection's MaskPostProcess layout, padded with 0 instead of -1); crop
+        `mask[i, :h0, :w0]` to get them back. Loops over the (static) batch size.
+        """
+        size = origin_shape.astype("int32")  # [B, 2]
+        out = []
+        for i in range(masks.shape[0]):
+            resized = F.interpolate(masks[i:i + 1], size=[size[i, 0], size[i, 1]],
+                                    mode="bilinear", align_corners=False)  # [1, k, h0, w0]
+            if masks.shape[0] > 1:  # pad to the largest image of the batch
+                pad = paddle.stack([paddle.zeros([], "int32"), size[:, 1].max() - size[i, 1],
+                                    paddle.zeros([], "int32"), size[:, 0].max() - size[i, 0]])
+                resized = F.pad(resized, pad, value=self.logit_threshold - 1.0)
+            out.append(resized[0])
+        return (paddle.concat(out) > self.logit_threshold).astype("int32")
+
+    def forward(self, boxes: paddle.Tensor, logits: paddle.Tensor, masks: paddle.Tensor,
+                im_shape: paddle.Tensor, scale_factor: paddle.Tensor) -> Dict[str, paddle.Tensor]:
+        """boxes [B, Q, 4] (cxcywh 0..1), logits [B, Q, K], masks [B, Q, h, w] logits,
+        im_shape / scale_factor [B, 2] -> {"bbox": [B*k, 6] (label, score, x1, y1, x2, y2 in
+        original pixels, unclipped), "bbox_num": [B] int32, "mask": [B*k, H0, W0] int32}."""
+        origin_shape = paddle.floor(im_shape / scale_factor + 0.5)  # [B, 2] (h, w)
+        scale = origin_shape.flip([1]).tile([1, 2]).unsqueeze(1)  # [B, 1, 4] = (w, h, w, h)
+        boxes_xyxy_px = box_cxcywh_to_xyxy(boxes) * scale
+
+        scores, index = paddle.topk(F.sigmoid(logits).flatten(1), self.num_top_queries, axis=-1)
+        labels = index % self.num_classes  # index into the flattened [Q, K]
+        batch = paddle.arange(boxes.shape[0]).astype(index.dtype)
+        query = paddle.stack([batch.unsqueeze(-1).expand_as(index),
+                              index // self.num_classes], -1)  # [B, k, 2] = (image, query)
+        boxes_xyxy_px = paddle.gather_nd(boxes_xyxy_px, query)  # [B, k, 4]
+        masks = paddle.gather_nd(masks, query)  # [B, k, h, w]
+
+        bbox = paddle.concat([labels.unsqueeze(-1).astype("float32"), scores.unsqueeze(-1),
+                              boxes_xyxy_px], axis=-1).reshape([-1, 6])
+        bbox_num = paddle.full_like(scores[:, 0], self.num_top_queries, dtype="int32")  # [B]
+        return {"bbox": bbox, "bbox_num": bbox_num,
+                "mask": self.resize_masks(masks, origin_shape)}
