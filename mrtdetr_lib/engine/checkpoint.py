@@ -22,14 +22,13 @@ _ACCUMULATOR = re.compile(r"^(?P<param>.+)_(?P<acc>moment1|moment2|moment2_max|b
 
 
 def atomic_save(obj: Any, path: str) -> None:
-    """paddle.save to `path.tmp<pid>`, fsync, then rename over `path`: never a half-written file."""
+    """paddle.save to `path.tmp`, fsync, then rename over `path`: never a half-written file."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
+    tmp = path + ".tmp"  # one writer per path (rank 0); a stale one from a kill is overwritten
     try:
-        with open(tmp, "wb") as f:
-            paddle.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
+        paddle.save(obj, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())  # on disk before the rename makes it the checkpoint
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

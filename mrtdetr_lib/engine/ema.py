@@ -75,4 +75,5 @@ class ModelEMA:
             raise ValueError("EMA state does not match the model's parameters "
                              f"(missing {sorted(set(self.shadow) - set(state['shadow']))[:5]})")
         self.step = int(state["step"])
-        self.shadow = {k: paddle.to_tensor(v, dtype="float32") for k, v in state["shadow"].items()}
+        self.shadow = {k: paddle.assign(v).astype("float32")  # arrays or tensors
+                       for k, v in state["shadow"].items()}

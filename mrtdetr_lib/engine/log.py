@@ -1,0 +1,86 @@
+"""Training records: a JSON-lines log, curves from it, and a live plot callback for notebooks.
+
+Every record is a flat dict with `kind` ("train" per step, "eval" per evaluation), `step`, `epoch`
+and numbers (`loss`, the loss terms, `lr`; `bbox_AP`, `mask_AP`, ... for eval).
+"""
+
+import json
+import os
+from typing import Any, Dict, Iterable, List, Optional, Union
+
+Record = Dict[str, Any]
+
+
+class JsonLinesLog:
+    """Appends one JSON object per line; survives interruption (each line is flushed)."""
+
+    def __init__(self, path: str):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.path = path
+
+    def __call__(self, record: Record) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def read_log(path: str) -> List[Record]:
+    """The records of a `train_log.jsonl` (a torn last line from a kill is skipped)."""
+    records = []
+    with open(path) as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+def plot_log(log: Union[str, Iterable[Record]], axes: Any = None, smooth: int = 10) -> Any:
+    """Loss (raw and running mean over `smooth` steps) and eval AP against step; returns axes."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    records = read_log(log) if isinstance(log, str) else list(log)
+    train = [r for r in records if r["kind"] == "train"]
+    evals = [r for r in records if r["kind"] == "eval"]
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    steps = np.array([r["step"] for r in train])
+    loss = np.array([r["loss"] for r in train])
+    axes[0].plot(steps, loss, alpha=0.3, label="loss")
+    if len(loss) >= smooth:
+        running = np.convolve(loss, np.ones(smooth) / smooth, mode="valid")
+        axes[0].plot(steps[smooth - 1:], running, label=f"mean of {smooth}")
+    axes[0].set(xlabel="step", ylabel="loss", yscale="log" if len(loss) else "linear")
+    axes[0].legend()
+    for key in ("mask_AP", "bbox_AP", "mask_AP50"):
+        if evals and key in evals[0]:
+            axes[1].plot([r["step"] for r in evals], [r[key] for r in evals], "o-", label=key)
+    axes[1].set(xlabel="step", ylabel="AP", ylim=(0, 1))
+    if evals:
+        axes[1].legend()
+    return axes
+
+
+class LivePlot:
+    """Trainer callback that redraws `plot_log` in a notebook every `every` steps and after eval."""
+
+    def __init__(self, every: int = 10, smooth: int = 10):
+        self.every, self.smooth = every, smooth
+        self.records: List[Record] = []
+        self.handle: Optional[Any] = None
+
+    def __call__(self, record: Record) -> None:
+        import matplotlib.pyplot as plt
+        from IPython.display import display
+
+        self.records.append(record)
+        if record["kind"] == "train" and record["step"] % self.every:
+            return
+        figure, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+        plot_log(self.records, axes, self.smooth)
+        if self.handle is None:
+            self.handle = display(figure, display_id=True)
+        else:
+            self.handle.update(figure)
+        plt.close(figure)

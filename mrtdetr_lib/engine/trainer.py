@@ -1,0 +1,434 @@
+"""The training loop: AdamW + linear warmup, grad clipping, EMA, AMP, evaluation, checkpoints.
+
+Mirrors PaddleDetection's `ppdet/engine/trainer.py` (`Trainer.train`) as Mask RT-DETR configures
+it (`configs/mask_rtdetr/_base_/optimizer_6x.yml`): AdamW (weight decay 1e-4 on every trainable
+parameter, norms and biases included: `regularizer: false` and no param groups), learning rate
+1e-4 ramping linearly from 0.001x over 2000 steps then constant (PiecewiseDecay with gamma 1.0),
+per-parameter multipliers from `ParamAttr(learning_rate=...)` (the backbone's `lr_mult_list`),
+global-norm clipping at 0.1, EMA weights evaluated and saved. Additions: resumable data order,
+atomic checkpoints with RNG states, a graceful stop on Ctrl-C / SIGTERM, a generator API.
+Multi-process: start with `python -m paddle.distributed.launch --nproc_per_node N -m
+mrtdetr_lib train ...`; rank 0 logs and writes files.
+"""
+
+import dataclasses
+import functools
+import math
+import os
+import random
+import signal
+import threading
+import time
+import warnings
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+import paddle
+import paddle.distributed as dist
+from paddle import nn
+
+from ..config import Config, save_config
+from .checkpoint import (atomic_save, optimizer_state, rng_state, set_optimizer_state,
+                         set_rng_state)
+from .ema import ModelEMA
+from .evaluator import evaluate, summary
+from .log import JsonLinesLog, Record
+
+CHECKPOINT_FORMAT = "mrtdetr-trainer-v1"
+
+
+def warmup_factor(step: int, steps: int, start: float) -> float:
+    """ppdet's LinearWarmup factor: `start` at step 0, rising linearly to 1 at `steps`, then 1."""
+    alpha = min(step / steps, 1.0) if steps > 0 else 1.0
+    return start * (1 - alpha) + alpha
+
+
+def build_optimizer(model: nn.Layer, base_lr: float, weight_decay: float, warmup_steps: int,
+                    warmup_start_factor: float, clip_grad_norm: float):
+    """AdamW over the trainable parameters with ppdet's warmup schedule; returns (opt, sched)."""
+    # paddle scales each parameter's step (and its decoupled decay) by ParamAttr learning_rate;
+    # passing plain parameters (not groups with a "learning_rate" key) keeps those multipliers.
+    params = [p for p in model.parameters() if not p.stop_gradient]
+    scheduler = paddle.optimizer.lr.LambdaDecay(
+        base_lr, functools.partial(warmup_factor, steps=warmup_steps, start=warmup_start_factor))
+    clip = nn.ClipGradByGlobalNorm(clip_grad_norm) if clip_grad_norm > 0 else None
+    optimizer = paddle.optimizer.AdamW(learning_rate=scheduler, parameters=params,
+                                       weight_decay=weight_decay, grad_clip=clip)
+    return optimizer, scheduler
+
+
+class EpochBatchSampler:
+    """Shuffled index batches fixed by (seed, epoch): resumable mid-epoch and sharded by rank.
+
+    Yields keys `epoch * len(dataset) + index` so that `SeededSamples` can seed each sample's
+    augmentation from its key (the same sample in the same epoch gets the same augmentation).
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int = 0, shuffle: bool = True,
+                 drop_last: bool = True, rank: int = 0, world_size: int = 1):
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.shuffle, self.drop_last, self.rank, self.world = shuffle, drop_last, rank, world_size
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Choose the epoch's order and how many of its first batches to leave out (resume)."""
+        self.epoch, self.skip = epoch, skip
+
+    def _shard(self) -> np.ndarray:
+        order = np.arange(self.size)
+        if self.shuffle:
+            order = np.random.RandomState(self.seed + self.epoch).permutation(self.size)
+        per_rank = math.ceil(self.size / self.world)
+        order = np.resize(order, per_rank * self.world)  # pad by repeating, as paddle's sampler
+        return order[self.rank::self.world]
+
+    def __len__(self) -> int:
+        per_rank = math.ceil(self.size / self.world)
+        return per_rank // self.batch_size if self.drop_last else math.ceil(
+            per_rank / self.batch_size)
+
+    def __iter__(self) -> Iterator[List[int]]:
+        keys = self._shard() + self.epoch * self.size
+        for b in range(self.skip, len(self)):
+            yield [int(k) for k in keys[b * self.batch_size:(b + 1) * self.batch_size]]
+
+
+class SeededSamples(paddle.io.Dataset):
+    """Wraps a data set so that random augmentation depends only on (seed, epoch, index)."""
+
+    def __init__(self, dataset: Any, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: int) -> Any:
+        epoch, index = divmod(int(key), len(self.dataset))
+        # python and numpy global generators (what cv2/numpy transforms use), in whatever worker
+        # process or prefetch thread loads the sample; batch-level randomness (random resize in
+        # the collate function) then follows from the last sample's state.
+        sample_seed = (self.seed * 1_000_003 + epoch * 10_007 + index) % 2**32
+        random.seed(sample_seed)
+        np.random.seed(sample_seed)
+        return self.dataset[index]
+
+
+class Trainer:
+    """Trains `model` on `cfg` (all knobs in `cfg.train`); `run()` yields a record per step."""
+
+    def __init__(self, cfg: Config, model: Optional[nn.Layer] = None,
+                 criterion: Optional[Callable] = None, train_data: Any = None,
+                 eval_data: Any = None, callbacks: Sequence[Callable[[Record], None]] = (),
+                 progress: bool = True):
+        self.cfg, tc = cfg, cfg.train
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_parallel_env()
+        self.is_main = self.rank == 0
+        paddle.seed(tc.seed + self.rank)
+        self.model = model if model is not None else _build_model(cfg)
+        self.criterion = criterion if criterion is not None else _build_criterion(cfg)
+        self.train_data = train_data if train_data is not None else _build_data(cfg, "train")
+        self.eval_data = eval_data
+        if tc.eval and eval_data is None:
+            self.eval_data = _build_data(cfg, "val")
+        if tc.pretrain_weights and not tc.resume:
+            _load_weights(self.model, tc.pretrain_weights)
+        self.optimizer, self.scheduler = build_optimizer(
+            self.model, tc.base_lr, tc.weight_decay, tc.warmup_steps, tc.warmup_start_factor,
+            tc.clip_grad_norm)
+        self.ema = (ModelEMA(self.model, tc.ema_decay, tc.ema_decay_type, tc.ema_filter_no_grad)
+                    if tc.use_ema else None)
+        self.amp = tc.amp and paddle.is_compiled_with_cuda() and "gpu" in paddle.get_device()
+        if tc.amp and not self.amp:
+            warnings.warn("amp=True has no effect on CPU: paddle 3.3.1's auto_cast only works on "
+                          "CUDA/XPU devices (float16 and bfloat16 alike); training in float32")
+        self.scaler = paddle.amp.GradScaler(init_loss_scaling=1024) if self.amp else None
+        self.sampler = EpochBatchSampler(len(self.train_data), cfg.data.batch_size, tc.seed,
+                                         rank=self.rank, world_size=self.world)
+        if len(self.sampler) == 0:
+            raise ValueError(f"the training data has {len(self.train_data)} images, fewer than "
+                             f"data.batch_size={cfg.data.batch_size} per process")
+        self.loader = _loader(self.train_data, self.sampler, tc.seed, cfg.data.num_workers)
+        self.callbacks = list(callbacks)
+        self.progress = progress
+        self.log = JsonLinesLog(os.path.join(tc.output_dir, "train_log.jsonl"))
+        self.epoch = self.step_in_epoch = self.global_step = 0
+        self.best: Dict[str, Any] = {"metric": tc.target_metrics + "_AP", "value": -1.0,
+                                     "step": None}
+        self.stop_reason: Optional[str] = None
+        self.last_eval_step: Optional[int] = None
+        if tc.resume:
+            self.load_checkpoint(tc.resume)
+
+    # ------------------------------------------------------------------ the loop
+    @property
+    def total_steps(self) -> int:
+        """Steps of the whole run: `max_iters` if set, else epochs x batches per epoch."""
+        return self.cfg.train.max_iters or self.cfg.train.epochs * len(self.sampler)
+
+    def train(self) -> Dict[str, Any]:
+        """Run to the end (or a graceful stop); returns the last eval record and the best AP."""
+        last_eval = None
+        for record in self.run():
+            if record["kind"] == "eval":
+                last_eval = record
+        return {"steps": self.global_step, "epoch": self.epoch, "last_eval": last_eval,
+                "best": dict(self.best), "stopped": self.stop_reason}
+
+    def run(self) -> Iterator[Record]:
+        """Generator: trains and yields each record (after callbacks and the log have it)."""
+        from tqdm.auto import tqdm
+
+        net = paddle.DataParallel(self.model, find_unused_parameters=True) \
+            if self.world > 1 else self.model
+        bar = tqdm(total=self.total_steps, initial=self.global_step, desc="train",
+                   disable=not (self.progress and self.is_main), dynamic_ncols=True)
+        if self.is_main:
+            save_config(self.cfg, _makedirs(self.cfg.train.output_dir, "config.yml"))
+        try:
+            with _graceful_stop(self):
+                while self.global_step < self.total_steps and not self.stop_reason:
+                    self.sampler.set_epoch(self.epoch, skip=self.step_in_epoch)
+                    for batch in self.loader:
+                        record = self._train_step(net, batch)
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}")
+                        yield record
+                        if self.step_in_epoch == len(self.sampler):
+                            self.epoch, self.step_in_epoch = self.epoch + 1, 0
+                            yield from self._end_of_epoch()
+                        if self.global_step >= self.total_steps or self._stop_requested():
+                            break
+            if self.stop_reason:  # Ctrl-C or SIGTERM, seen between two steps
+                self._save_on_stop()
+            else:
+                yield from self._finish()
+        except GeneratorExit:  # the consumer left the loop; we are between two steps
+            self.stop_reason = self.stop_reason or "generator closed"
+            self._save_on_stop()
+            raise
+        finally:
+            # An exception inside a step (or a second Ctrl-C) saves nothing: the weights may be
+            # half-updated, and the last checkpoint on disk is the good one.
+            bar.close()
+
+    def _save_on_stop(self) -> None:
+        self.save_checkpoint()
+        self._print(f"stopped at step {self.global_step} ({self.stop_reason}); "
+                    f"continue with -r {self.checkpoint_path}")
+
+    def _train_step(self, net: nn.Layer, batch: Dict[str, Any]) -> Record:
+        tic = time.time()
+        with paddle.amp.auto_cast(enable=self.amp, level="O1"):
+            losses = self.criterion(net(batch), batch)
+        loss = losses["loss"]
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)  # skips the step on inf/nan gradients
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        self.optimizer.clear_grad()
+        lr = self.optimizer.get_lr()  # the rate this step used (ppdet logs it before stepping)
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.global_step += 1
+        self.step_in_epoch += 1
+        record = {"kind": "train", "step": self.global_step, "epoch": self.epoch, "lr": lr,
+                  **{k: float(v) for k, v in losses.items()}, "seconds": time.time() - tic}
+        if not math.isfinite(record["loss"]) and self.scaler is None:
+            raise FloatingPointError(f"loss is {record['loss']} at step {self.global_step}; "
+                                     "lower train.base_lr or check the data")
+        self._emit(record, echo=self.global_step % self.cfg.train.log_iter == 0)
+        return record
+
+    def _end_of_epoch(self) -> Iterator[Record]:
+        tc = self.cfg.train
+        if self.epoch % tc.snapshot_epoch == 0 and self.global_step < self.total_steps:
+            self.save_checkpoint()
+            if tc.eval:
+                yield self._eval_record()
+
+    def _finish(self) -> Iterator[Record]:
+        self.save_checkpoint()
+        self.save_weights("model_final")
+        if self.cfg.train.eval and self.last_eval_step != self.global_step:
+            yield self._eval_record()
+
+    def _eval_record(self) -> Record:
+        record = {"kind": "eval", "step": self.global_step, "epoch": self.epoch,
+                  **self.evaluate()}
+        self.last_eval_step = self.global_step
+        value = record.get(self.best["metric"], -1.0)
+        if value > self.best["value"] or self.best["step"] is None:
+            self.best.update(value=value, step=self.global_step)
+            self.save_weights("best_model")
+        record["best_" + self.best["metric"]] = self.best["value"]
+        self._emit(record, echo=True)
+        return record
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, data: Any = None, output_dir: Optional[str] = None) -> Dict[str, float]:
+        """COCO AP of the EMA weights (the raw ones without EMA) on `data` or the eval set."""
+        data = data if data is not None else self.eval_data
+        if data is None:
+            raise ValueError("no evaluation data: pass eval_data to Trainer or set train.eval")
+        raw = {k: v.clone() for k, v in self.model.state_dict().items()}
+        self.model.set_state_dict(self.weights())
+        try:
+            return summary(evaluate(self.model, data, output_dir, progress=self.progress))
+        finally:
+            self.model.set_state_dict(raw)
+
+    def weights(self) -> Dict[str, paddle.Tensor]:
+        """The weights to deploy: EMA averages when EMA is on (what ppdet saves as .pdparams)."""
+        return self.ema.averaged(self.model) if self.ema else self.model.state_dict()
+
+    # ------------------------------------------------------------------ files
+    @property
+    def checkpoint_path(self) -> str:
+        return os.path.join(self.cfg.train.output_dir, "last.pdckpt")
+
+    def save_weights(self, name: str) -> Optional[str]:
+        """Write `<output_dir>/<name>.pdparams` (loadable with `weights=`); rank 0 only."""
+        if not self.is_main:
+            return None
+        path = os.path.join(self.cfg.train.output_dir, name + ".pdparams")
+        atomic_save(self.weights(), path)
+        return path
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Everything a resume needs, RNG states included."""
+        return {"format": CHECKPOINT_FORMAT, "model": self.model.state_dict(),
+                "ema": self.ema.state_dict() if self.ema else None,
+                "optimizer": optimizer_state(self.optimizer, self.model),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler else None,
+                "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+                "global_step": self.global_step, "best": dict(self.best), "rng": rng_state(),
+                "config": dataclasses.asdict(self.cfg)}
+
+    def save_checkpoint(self, path: Optional[str] = None) -> Optional[str]:
+        """Atomically write the full training state (default `<output_dir>/last.pdckpt`)."""
+        if not self.is_main:
+            return None
+        path = path or self.checkpoint_path
+        atomic_save(self.state_dict(), path)
+        return path
+
+    def load_checkpoint(self, path: str) -> None:
+        """Continue exactly where `save_checkpoint` left off (same config, same data)."""
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"checkpoint to resume not found: {path}")
+        try:
+            state = paddle.load(path)
+        except Exception as err:  # paddle raises many kinds on a foreign or broken file
+            raise ValueError(f"{path} is not a readable trainer checkpoint ({err})") from None
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path} is not a trainer checkpoint (a .pdparams file holds only "
+                             "weights: use pretrain_weights= or weights= for those)")
+        _set_exact(self.model, state["model"], path)
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.set_state_dict(state["ema"])
+        set_optimizer_state(self.optimizer, self.model, state["optimizer"])
+        self.scheduler.set_state_dict(state["scheduler"])
+        if self.scaler is not None and state["scaler"] is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
+        self.global_step, self.best = state["global_step"], dict(state["best"])
+        set_rng_state(state["rng"])
+        self._print(f"resumed from {path} at step {self.global_step} (epoch {self.epoch})")
+
+    # ------------------------------------------------------------------ helpers
+    def _emit(self, record: Record, echo: bool = False) -> None:
+        if not self.is_main:
+            return
+        self.log(record)
+        for callback in self.callbacks:
+            callback(record)
+        if echo:
+            self._print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                 for k, v in record.items() if k != "seconds"))
+
+    def _print(self, text: str) -> None:
+        if self.is_main:
+            from tqdm.auto import tqdm
+            tqdm.write(text)
+
+    def _stop_requested(self) -> bool:
+        if self.world > 1:  # every rank must stop at the same step, or the others would hang
+            flag = paddle.to_tensor([1 if self.stop_reason else 0])
+            dist.all_reduce(flag)
+            if int(flag) and not self.stop_reason:
+                self.stop_reason = "stopped by another rank"
+        return bool(self.stop_reason)
+
+
+class _graceful_stop:
+    """While training: Ctrl-C or SIGTERM finishes the current step, then the run stops and saves.
+
+    A second Ctrl-C raises KeyboardInterrupt at once (the last saved checkpoint stays intact).
+    """
+
+    def __init__(self, trainer: Trainer):
+        self.trainer, self.previous = trainer, {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.trainer.stop_reason and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.trainer.stop_reason = signal.Signals(signum).name
+        self.trainer._print(f"{self.trainer.stop_reason}: stopping after this step")
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _makedirs(directory: str, name: str) -> str:
+    os.makedirs(directory, exist_ok=True)
+    return os.path.join(directory, name)
+
+
+def _set_exact(model: nn.Layer, state: Dict[str, Any], path: str) -> None:
+    """set_state_dict that fails on missing or unexpected keys (a checkpoint of another model)."""
+    own = set(model.state_dict())
+    missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
+    if missing or unexpected:
+        raise ValueError(f"{path} does not match the model: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]} (was it trained with another config?)")
+    model.set_state_dict(state)
+
+
+def _loader(dataset: Any, sampler: EpochBatchSampler, seed: int, num_workers: int):
+    return paddle.io.DataLoader(SeededSamples(dataset, seed), batch_sampler=sampler,
+                                collate_fn=getattr(dataset, "collate_fn", None),
+                                num_workers=num_workers)
+
+
+def _build_model(cfg: Config) -> nn.Layer:
+    from ..model.detr import build_model
+    return build_model(cfg.model)
+
+
+def _build_criterion(cfg: Config) -> Callable:
+    from ..loss.criterion import build_criterion
+    return build_criterion(cfg.loss, num_classes=cfg.model.num_classes)
+
+
+def _build_data(cfg: Config, split: str) -> Any:
+    from ..data import build_dataset
+    return build_dataset(cfg.data, split)
+
+
+def _load_weights(model: nn.Layer, path: str) -> None:
+    from ..weights import load_pretrained
+    load_pretrained(model, path)

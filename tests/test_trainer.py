@@ -1,0 +1,301 @@
+"""Trainer: optimiser knobs as PaddleDetection's, EMA, exact resume, crash-safe checkpoints.
+
+The optimiser/EMA/resume mechanics are checked on a toy model with the same moving parts as
+Mask RT-DETR (ParamAttr lr multipliers, BatchNorm, a frozen parameter, paddle RNG in the loss,
+numpy RNG in the data); the real tiny model on the shapes data follows in the last tests.
+"""
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import paddle
+import pytest
+
+import mrtdetr_lib as mrt
+from mrtdetr_lib.engine.checkpoint import atomic_save
+from mrtdetr_lib.engine.ema import ModelEMA
+from mrtdetr_lib.engine.log import plot_log, read_log
+from mrtdetr_lib.engine.trainer import EpochBatchSampler, Trainer, build_optimizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+TOY = textwrap.dedent('''
+    import numpy as np
+    import paddle
+
+
+    class ToyData(paddle.io.Dataset):
+        """10 samples whose "augmentation" draws from numpy's global generator."""
+
+        def __len__(self):
+            return 10
+
+        def __getitem__(self, i):
+            x = np.random.RandomState(i).rand(3, 8, 8) + 0.1 * np.random.rand(3, 8, 8)
+            return {"image": x.astype("float32"),
+                    "target": np.array([i % 2, 1 - i % 2], "float32")}
+
+
+    class Toy(paddle.nn.Layer):
+        """A conv at half learning rate, BatchNorm, a frozen scale and a head."""
+
+        def __init__(self):
+            super().__init__()
+            self.conv = paddle.nn.Conv2D(3, 4, 3,
+                                         weight_attr=paddle.ParamAttr(learning_rate=0.5))
+            self.bn = paddle.nn.BatchNorm2D(4)
+            self.frozen = self.create_parameter(
+                [4], default_initializer=paddle.nn.initializer.Constant(1.0))
+            self.frozen.stop_gradient = True
+            self.fc = paddle.nn.Linear(4, 2)
+
+        def forward(self, batch):
+            h = (self.bn(self.conv(batch["image"])) * self.frozen.reshape([1, 4, 1, 1]))
+            return {"pred": self.fc(h.mean(axis=[2, 3]))}
+
+
+    def criterion(outputs, batch, sleep=0.0):
+        """MSE plus paddle-RNG noise (as the matcher's point sampling draws paddle.rand)."""
+        import time
+        time.sleep(sleep)
+        noise = paddle.rand(outputs["pred"].shape) * 0.01
+        loss = ((outputs["pred"] + noise - batch["target"]) ** 2).mean()
+        return {"loss_mse": loss, "loss": loss}
+''')
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    path = tmp_path_factory.mktemp("toy")
+    (path / "toy_parts.py").write_text(TOY)
+    sys.path.insert(0, str(path))
+    import toy_parts
+    yield toy_parts
+    sys.path.remove(str(path))
+
+
+def _cfg(out, **train):
+    cfg = mrt.get_config("tiny")
+    cfg.data.batch_size, cfg.data.num_workers = 3, 0
+    cfg.train.output_dir, cfg.train.warmup_steps, cfg.train.log_iter = str(out), 5, 1000
+    for key, value in train.items():
+        setattr(cfg.train, key, value)
+    return cfg
+
+
+def _toy_trainer(toy, out, **train):
+    paddle.seed(0)
+    return Trainer(_cfg(out, **train), model=toy.Toy(), criterion=toy.criterion,
+                   train_data=toy.ToyData(), progress=False)
+
+
+def test_warmup_schedule_is_ppdet_linear_warmup_then_constant(toy):
+    model = toy.Toy()
+    opt, sched = build_optimizer(model, 1e-4, 1e-4, warmup_steps=2000, warmup_start_factor=0.001,
+                                 clip_grad_norm=0.1)
+    lrs = {}
+    for step in range(2006):
+        lrs[step] = opt.get_lr()
+        sched.step()
+    for step in (0, 1, 1000, 1999, 2000, 2005):  # ppdet: base * (f * (1 - a) + a), a = s / W
+        a = min(step / 2000, 1.0)
+        assert lrs[step] == pytest.approx(1e-4 * (0.001 * (1 - a) + a), rel=1e-9)
+    assert isinstance(opt, paddle.optimizer.AdamW)
+    assert isinstance(opt._grad_clip, paddle.nn.ClipGradByGlobalNorm)
+    assert opt._grad_clip.clip_norm == 0.1
+
+
+def test_adamw_honours_param_lr_multipliers_frozen_params_and_decays_biases(toy):
+    model = toy.Toy()
+    trainable = {id(p) for p in model.parameters() if not p.stop_gradient}
+    opt, _ = build_optimizer(model, 1e-3, 1e-2, warmup_steps=1, warmup_start_factor=1.0,
+                             clip_grad_norm=0)
+    assert id(model.frozen) not in trainable and id(model.bn._mean) not in trainable
+    assert {id(p) for p in opt._parameter_list} == trainable
+    before = {n: p.numpy().copy() for n, p in model.named_parameters()}
+    batch = toy.ToyData()[0]
+    batch = {k: paddle.to_tensor(v[None]) for k, v in batch.items()}
+    out = model(batch)["pred"]
+    (out.sum() * 0).backward()  # zero gradients: only the decoupled weight decay moves weights
+    opt.step()
+    for name in ("fc.bias", "bn.weight", "fc.weight"):  # biases and norms decay too (as ppdet)
+        np.testing.assert_allclose(model.state_dict()[name].numpy(),
+                                   before[name] * (1 - 1e-3 * 1e-2), rtol=1e-6)
+    # the conv's ParamAttr(learning_rate=0.5) halves its step, decay included
+    np.testing.assert_allclose(model.conv.weight.numpy(),
+                               before["conv.weight"] * (1 - 0.5e-3 * 1e-2), rtol=1e-6)
+    np.testing.assert_array_equal(model.frozen.numpy(), before["frozen"])
+
+
+def test_backbone_stage_lr_multipliers_reach_the_optimizer():
+    from mrtdetr_lib.model.backbone import PPHGNetV2
+    net = PPHGNetV2("T", lr_mult_list=[0.0, 0.1, 0.2, 0.3, 0.4], return_idx=[0, 1, 2, 3],
+                    freeze_at=0, freeze_norm=True)
+    opt, _ = build_optimizer(net, 1e-3, 1e-4, 1, 1.0, 0.1)
+    lrs = {p.name: p.optimize_attr["learning_rate"] for p in opt._parameter_list}
+    named = {n: p for n, p in net.named_parameters()}
+    assert not any(n.startswith("stem") for n, p in named.items() if p.name in lrs)  # frozen
+    for stage, mult in enumerate([0.1, 0.2, 0.3, 0.4]):
+        stage_lrs = {lrs[p.name] for n, p in named.items()
+                     if n.startswith(f"stages.{stage}.") and p.name in lrs}
+        assert stage_lrs == {mult}, (stage, stage_lrs)
+    # frozen norms (use_global_stats) have no trainable scale/shift
+    assert not any(n.endswith("bn.weight") for n, p in named.items() if p.name in lrs)
+
+
+def test_ema_exponential_ramp_skips_frozen_and_tracks_bn_stats(toy):
+    model = toy.Toy()
+    ema = ModelEMA(model, decay=0.9999, decay_type="exponential", filter_no_grad=True)
+    assert "frozen" not in ema.shadow and "bn._mean" in ema.shadow and "fc.weight" in ema.shadow
+    np.testing.assert_array_equal(ema.averaged(model)["fc.weight"].numpy(),
+                                  model.fc.weight.numpy())  # no update yet: the model itself
+    w0 = model.fc.weight.numpy().copy()
+    ema.update(model)
+    d0 = 0.9999 * (1 - math.exp(-1 / 2000))
+    np.testing.assert_allclose(ema.averaged(model)["fc.weight"].numpy(), (1 - d0) * w0,
+                               rtol=1e-6)
+    model.fc.weight.set_value(np.zeros_like(w0))
+    ema.update(model)
+    d1 = 0.9999 * (1 - math.exp(-2 / 2000))
+    np.testing.assert_allclose(ema.shadow["fc.weight"].numpy(), d1 * (1 - d0) * w0, rtol=1e-6)
+    with pytest.raises(ValueError, match="exponential"):
+        ModelEMA(model, decay_type="threshold")
+
+
+def test_sampler_is_fixed_by_epoch_skips_on_resume_and_shards_by_rank():
+    s = EpochBatchSampler(10, 3, seed=1)
+    s.set_epoch(2)
+    full = list(s)
+    assert len(full) == len(s) == 3 and all(k // 10 == 2 for b in full for k in b)
+    s.set_epoch(2, skip=1)
+    assert list(s) == full[1:]
+    s.set_epoch(3)
+    assert list(s) != full
+    ranks = [EpochBatchSampler(10, 2, seed=1, rank=r, world_size=2) for r in (0, 1)]
+    shards = []
+    for r in ranks:
+        r.set_epoch(0)
+        shards.append({k for b in r for k in b})
+    assert not shards[0] & shards[1] and len(shards[0] | shards[1]) == 8  # drop_last per rank
+
+
+def test_resume_is_bit_exact(toy, tmp_path):
+    one = _toy_trainer(toy, tmp_path / "one", max_iters=8)
+    one.train()
+    half = _toy_trainer(toy, tmp_path / "two", max_iters=4)  # stops mid-epoch (3 batches/epoch)
+    half.train()
+    rest = _toy_trainer(toy, tmp_path / "two", max_iters=8, resume=str(tmp_path / "two" /
+                                                                          "last.pdckpt"))
+    assert rest.global_step == 4 and (rest.epoch, rest.step_in_epoch) == (1, 1)
+    rest.train()
+    for name, value in one.model.state_dict().items():
+        np.testing.assert_array_equal(rest.model.state_dict()[name].numpy(), value.numpy(),
+                                      err_msg=name)
+    for name, value in one.ema.shadow.items():
+        np.testing.assert_array_equal(rest.ema.shadow[name].numpy(), value.numpy())
+    assert rest.optimizer.get_lr() == one.optimizer.get_lr()
+    losses = [r["loss"] for r in read_log(str(tmp_path / "one" / "train_log.jsonl"))]
+    resumed = [r["loss"] for r in read_log(str(tmp_path / "two" / "train_log.jsonl"))]
+    assert losses == resumed  # the same batches, augmentations and loss noise, in order
+
+
+def test_generator_api_callbacks_and_log_plot(toy, tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    seen = []
+    trainer = _toy_trainer(toy, tmp_path, max_iters=50)
+    trainer.callbacks.append(seen.append)
+    for record in trainer.run():
+        if record["step"] == 5:
+            break  # leaving the generator saves a checkpoint at this step
+    assert [r["step"] for r in seen] == [1, 2, 3, 4, 5]
+    assert set(seen[0]) >= {"kind", "step", "epoch", "lr", "loss", "loss_mse"}
+    state = paddle.load(str(tmp_path / "last.pdckpt"))
+    assert state["global_step"] == 5
+    axes = plot_log(str(tmp_path / "train_log.jsonl"), smooth=2)
+    assert len(axes[0].lines) == 2
+
+
+def test_amp_on_cpu_warns_and_trains_in_float32(toy, tmp_path):
+    with pytest.warns(UserWarning, match="no effect on CPU"):
+        trainer = _toy_trainer(toy, tmp_path, max_iters=1, amp=True)
+    assert trainer.scaler is None
+    trainer.train()
+    assert trainer.model.fc.weight.dtype == paddle.float32
+
+
+def test_kill_during_save_leaves_last_checkpoint_intact(tmp_path):
+    path = tmp_path / "ckpt.pdckpt"
+    script = textwrap.dedent(f'''
+        import numpy as np
+        from mrtdetr_lib.engine.checkpoint import atomic_save
+        for version in range(10_000):
+            atomic_save({{"version": version, "w": np.full(8_000_000, version, "float32")}},
+                        {str(path)!r})
+            print("saved", flush=True)
+    ''')
+    for attempt in range(10):  # until a SIGKILL lands while the temporary file is written
+        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, cwd=ROOT)
+        assert proc.stdout.readline().strip() == b"saved"
+        while not os.path.exists(f"{path}.tmp"):
+            pass
+        proc.kill()
+        proc.wait()
+        if os.path.exists(f"{path}.tmp"):
+            break
+    assert os.path.exists(f"{path}.tmp"), "never killed mid-save"
+    state = paddle.load(str(path))
+    w = np.asarray(state["w"])
+    assert w.shape == (8_000_000,) and (w == state["version"]).all()
+
+
+def test_atomic_save_failure_keeps_old_file(tmp_path, monkeypatch):
+    path = str(tmp_path / "w.pdparams")
+    atomic_save({"a": np.ones(3, "float32")}, path)
+
+    def broken_save(obj, target):
+        open(target, "wb").write(b"half a fi")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(paddle, "save", broken_save)
+    with pytest.raises(OSError):
+        atomic_save({"a": np.zeros(3, "float32")}, path)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(np.asarray(paddle.load(path)["a"]), np.ones(3))
+    assert os.listdir(tmp_path) == ["w.pdparams"]
+
+
+def test_sigterm_stops_after_a_step_saves_and_resumes(toy, tmp_path):
+    script = textwrap.dedent(f'''
+        import sys, functools
+        sys.path.insert(0, {os.path.dirname(toy.__file__)!r})
+        import paddle, toy_parts
+        import mrtdetr_lib as mrt
+        from mrtdetr_lib.engine.trainer import Trainer
+        cfg = mrt.get_config("tiny")
+        cfg.data.batch_size, cfg.data.num_workers = 3, 0
+        cfg.train.output_dir, cfg.train.max_iters = {str(tmp_path)!r}, 10_000
+        crit = functools.partial(toy_parts.criterion, sleep=0.05)
+        t = Trainer(cfg, model=toy_parts.Toy(), criterion=crit, train_data=toy_parts.ToyData(),
+                    progress=False)
+        print("result", t.train()["stopped"], t.global_step, flush=True)
+    ''')
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, cwd=ROOT)
+    log = tmp_path / "train_log.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode == 0, out
+    assert "SIGTERM: stopping after this step" in out
+    steps = int(out.split("result SIGTERM ")[1].split()[0])
+    assert paddle.load(str(tmp_path / "last.pdckpt"))["global_step"] == steps
+    assert len(read_log(str(log))) == steps
