@@ -1,0 +1,9 @@
+"""Training and evaluation: `Trainer` (optimiser, schedule, EMA, AMP, checkpoints, multi-process)
+and the COCO evaluator (`evaluate` for a library model, `evaluate_predictor` for any callable)."""
+
+from .evaluator import COCOEvaluator, evaluate, evaluate_predictor, plot_pr_curves, summary
+from .log import LivePlot, plot_log, read_log
+from .trainer import Trainer, build_optimizer
+
+__all__ = ["COCOEvaluator", "LivePlot", "Trainer", "build_optimizer", "evaluate",
+           "evaluate_predictor", "plot_log", "plot_pr_curves", "read_log", "summary"]
