@@ -88,6 +88,7 @@ class DataConfig:
     num_workers: int = 4
     train_sizes: List[int] = field(
         default_factory=lambda: [480, 512, 544, 576, 608, 640, 640, 640, 672, 704, 736, 768, 800])
+    eval_size: List[int] = field(default_factory=lambda: [640, 640])  # (h, w) of the EvalReader
     allow_empty: bool = False  # keep training images without annotations
     max_images: Optional[int] = None  # use only the first N images of each split (quick runs)
 
@@ -158,7 +159,7 @@ _DATA_PRESETS: Dict[str, Dict[str, Any]] = {
     "tiny": dict(dataset_dir="dataset/shapes", train_image_dir="train",
                  train_anno_path="instances_train.json", val_image_dir="val",
                  val_anno_path="instances_val.json", batch_size=4, num_workers=2,
-                 train_sizes=[224, 256, 288]),
+                 train_sizes=[224, 256, 288], eval_size=[256, 256]),
 }
 _TRAIN_PRESETS: Dict[str, Dict[str, Any]] = {
     "tiny": dict(epochs=30, base_lr=4e-4, warmup_steps=100, clip_grad_norm=0.1, ema_decay=0.999,
