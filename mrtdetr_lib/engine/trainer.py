@@ -15,12 +15,11 @@ import dataclasses
 import functools
 import math
 import os
-import random
 import signal
 import threading
 import time
 import warnings
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import paddle
@@ -58,10 +57,11 @@ def build_optimizer(model: nn.Layer, base_lr: float, weight_decay: float, warmup
 
 
 class EpochBatchSampler:
-    """Shuffled index batches fixed by (seed, epoch): resumable mid-epoch and sharded by rank.
+    """Shuffled batches fixed by (seed, epoch): resumable mid-epoch and sharded by rank.
 
-    Yields keys `epoch * len(dataset) + index` so that `SeededSamples` can seed each sample's
-    augmentation from its key (the same sample in the same epoch gets the same augmentation).
+    Yields `(index, sample_seed)` keys; the data set seeds each sample's augmentation (and the
+    collate function the batch's random resize) from them, so the same sample gets the same
+    augmentation in the same epoch whatever the number of loader workers or restarts.
     """
 
     def __init__(self, size: int, batch_size: int, seed: int = 0, shuffle: bool = True,
@@ -77,7 +77,7 @@ class EpochBatchSampler:
     def _shard(self) -> np.ndarray:
         order = np.arange(self.size)
         if self.shuffle:
-            order = np.random.RandomState(self.seed + self.epoch).permutation(self.size)
+            order = np.random.RandomState([self.seed, self.epoch]).permutation(self.size)
         per_rank = math.ceil(self.size / self.world)
         order = np.resize(order, per_rank * self.world)  # pad by repeating, as paddle's sampler
         return order[self.rank::self.world]
@@ -87,30 +87,12 @@ class EpochBatchSampler:
         return per_rank // self.batch_size if self.drop_last else math.ceil(
             per_rank / self.batch_size)
 
-    def __iter__(self) -> Iterator[List[int]]:
-        keys = self._shard() + self.epoch * self.size
+    def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
+        order = self._shard()
+        seeds = np.random.RandomState([self.seed, self.epoch, 1]).randint(0, 2**31 - 1, self.size)
         for b in range(self.skip, len(self)):
-            yield [int(k) for k in keys[b * self.batch_size:(b + 1) * self.batch_size]]
-
-
-class SeededSamples(paddle.io.Dataset):
-    """Wraps a data set so that random augmentation depends only on (seed, epoch, index)."""
-
-    def __init__(self, dataset: Any, seed: int):
-        self.dataset, self.seed = dataset, seed
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key: int) -> Any:
-        epoch, index = divmod(int(key), len(self.dataset))
-        # python and numpy global generators (what cv2/numpy transforms use), in whatever worker
-        # process or prefetch thread loads the sample; batch-level randomness (random resize in
-        # the collate function) then follows from the last sample's state.
-        sample_seed = (self.seed * 1_000_003 + epoch * 10_007 + index) % 2**32
-        random.seed(sample_seed)
-        np.random.seed(sample_seed)
-        return self.dataset[index]
+            yield [(int(i), int(seeds[i])) for i in order[b * self.batch_size:
+                                                         (b + 1) * self.batch_size]]
 
 
 class Trainer:
@@ -149,7 +131,7 @@ class Trainer:
         if len(self.sampler) == 0:
             raise ValueError(f"the training data has {len(self.train_data)} images, fewer than "
                              f"data.batch_size={cfg.data.batch_size} per process")
-        self.loader = _loader(self.train_data, self.sampler, tc.seed, cfg.data.num_workers)
+        self.loader = _loader(self.train_data, self.sampler, cfg.data.num_workers)
         self.callbacks = list(callbacks)
         self.progress = progress
         self.log = JsonLinesLog(os.path.join(tc.output_dir, "train_log.jsonl"))
@@ -408,8 +390,8 @@ def _set_exact(model: nn.Layer, state: Dict[str, Any], path: str) -> None:
     model.set_state_dict(state)
 
 
-def _loader(dataset: Any, sampler: EpochBatchSampler, seed: int, num_workers: int):
-    return paddle.io.DataLoader(SeededSamples(dataset, seed), batch_sampler=sampler,
+def _loader(dataset: Any, sampler: EpochBatchSampler, num_workers: int):
+    return paddle.io.DataLoader(dataset, batch_sampler=sampler,
                                 collate_fn=getattr(dataset, "collate_fn", None),
                                 num_workers=num_workers)
 

@@ -1,0 +1,164 @@
+"""`mrtdetr train|eval|infer` with PaddleDetection's tools/*.py flags (or `python -m mrtdetr_lib`).
+
+    mrtdetr train -c configs/tiny_shapes.yml --eval [-r output/tiny_shapes/last.pdckpt] [--amp]
+    mrtdetr eval  -c configs/tiny_shapes.yml -o weights=output/tiny_shapes/best_model.pdparams
+    mrtdetr infer -c configs/tiny_shapes.yml -o weights=... --infer_img a.jpg --draw_threshold 0.5
+
+`-c` takes a YAML config (or a preset name: s m l x h tiny); `-o key=value` overrides any config
+field (`section.key=value` when a key is ambiguous). Several processes (GPUs):
+`python -m paddle.distributed.launch --nproc_per_node 4 $(which mrtdetr) train -c ...`.
+With MRTDETR_QUICK=1 the commands take the small path (few steps and images) for tests.
+"""
+
+import argparse
+import json
+import os
+import sys
+from typing import Callable, Dict, List, Optional, Tuple
+
+from .config import ARCHS, Config, get_config, load_config, parse_overrides, quick_mode, \
+    update_config
+
+QUICK_ITERS, QUICK_IMAGES = 10, 16
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, no usage block
+        raise SystemExit(_fail(f"{message} (see `{self.prog} --help`)"))
+
+
+def _fail(message: str) -> int:
+    print(f"mrtdetr: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _config(args: argparse.Namespace) -> Config:
+    """-c file or preset, then -o overrides, then the command's flags, then quick mode caps."""
+    if os.path.isfile(args.config) or args.config.lower() not in ARCHS:
+        cfg = load_config(args.config, args.opt)
+    else:
+        cfg = get_config(args.config)
+        cfg = update_config(cfg, parse_overrides(args.opt or [], cfg))
+    if quick_mode():
+        cfg.train.max_iters = min(cfg.train.max_iters or QUICK_ITERS, QUICK_ITERS)
+        cfg.data.max_images = min(cfg.data.max_images or QUICK_IMAGES, QUICK_IMAGES)
+        print(f"quick mode (MRTDETR_QUICK=1): at most {cfg.train.max_iters} steps and "
+              f"{cfg.data.max_images} images per split", file=sys.stderr)
+    return cfg
+
+
+def _need_weights(cfg: Config, command: str) -> str:
+    if not cfg.train.weights:
+        raise ValueError(f"{command} needs trained weights: -o weights=PATH_OR_URL")
+    return cfg.train.weights
+
+
+def _model_with_weights(cfg: Config, command: str):
+    from .model.detr import build_model
+    from .weights import load_pretrained
+
+    model = build_model(cfg.model)
+    load_pretrained(model, _need_weights(cfg, command))
+    model.eval()
+    return model
+
+
+# ---------------------------------------------------------------- train
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--eval", action="store_true", help="evaluate during training, keep the best")
+    p.add_argument("-r", "--resume", help="checkpoint (last.pdckpt) to continue from")
+    p.add_argument("--amp", action="store_true", help="mixed precision (GPU; no effect on CPU)")
+
+
+def _train(args: argparse.Namespace, cfg: Config) -> int:
+    from .engine import Trainer
+
+    cfg.train.eval = cfg.train.eval or args.eval
+    cfg.train.amp = cfg.train.amp or args.amp
+    cfg.train.resume = args.resume or cfg.train.resume
+    if args.output_dir:
+        cfg.train.output_dir = args.output_dir
+    trainer = Trainer(cfg)
+    result = trainer.train()
+    if trainer.is_main:
+        print(json.dumps({"steps": result["steps"], "stopped": result["stopped"],
+                          "best": result["best"], "output_dir": cfg.train.output_dir}))
+    return 130 if result["stopped"] else 0
+
+
+# ---------------------------------------------------------------- eval
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--amp", action="store_true", help="accepted as in ppdet; no effect on CPU")
+
+
+def _eval(args: argparse.Namespace, cfg: Config) -> int:
+    from .data import build_dataset
+    from .engine import evaluate, summary
+
+    model = _model_with_weights(cfg, "eval")
+    metrics = evaluate(model, build_dataset(cfg.data, "val"), args.output_dir, verbose=True)
+    for key, result in metrics.items():
+        print(f"{key} per-class AP: " + ", ".join(f"{name} {ap:.3f}" for name, ap in
+                                                   result["per_class_ap"].items()))
+    print(json.dumps(summary(metrics)))
+    return 0
+
+
+# ---------------------------------------------------------------- infer
+def _infer_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--infer_img", help="one image to run on")
+    p.add_argument("--infer_dir", help="a folder of images to run on")
+    p.add_argument("--draw_threshold", type=float, default=0.5,
+                   help="score threshold for drawn and reported instances")
+
+
+def _infer(args: argparse.Namespace, cfg: Config) -> int:
+    from .infer import Predictor, list_images
+
+    images = list_images(args.infer_img, args.infer_dir)
+    predictor = Predictor(_model_with_weights(cfg, "infer"), threshold=args.draw_threshold,
+                          image_size=cfg.model.eval_size)
+    output_dir = args.output_dir or "output"
+    for path, saved, instances in predictor.save_drawings(images, output_dir):
+        print(f"{path}: {len(instances['scores'])} instances -> {saved}")
+    return 0
+
+
+# name -> (add arguments, run). The deployment helper adds "export" and "bench" here.
+COMMANDS: Dict[str, Tuple[str, Callable, Callable]] = {
+    "train": ("train a model (tools/train.py)", _train_args, _train),
+    "eval": ("COCO box and mask AP of trained weights (tools/eval.py)", _eval_args, _eval),
+    "infer": ("draw predicted instances on images (tools/infer.py)", _infer_args, _infer),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="mrtdetr", description="Mask RT-DETR: train, evaluate, infer.")
+    commands = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}",
+                                     parser_class=_Parser)
+    commands.required = True
+    for name, (help_text, add_args, _) in COMMANDS.items():
+        p = commands.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("-c", "--config", required=True,
+                       help="YAML config (e.g. configs/tiny_shapes.yml) or a preset name")
+        p.add_argument("-o", "--opt", nargs="+", action="extend", metavar="KEY=VALUE",
+                       help="override config fields, e.g. -o epochs=1 weights=PATH_OR_URL")
+        p.add_argument("--output_dir", help="where results are written")
+        add_args(p)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of the `mrtdetr` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = _config(args)
+        return COMMANDS[args.command][2](args, cfg)
+    except (ValueError, FileNotFoundError, NotADirectoryError) as err:
+        return _fail(str(err))
+    except KeyboardInterrupt:
+        return _fail("interrupted")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

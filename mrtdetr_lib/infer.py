@@ -1,0 +1,112 @@
+"""Predictor: image file / array / folder -> instances (boxes, scores, labels, masks), drawn.
+
+Preprocessing is PaddleDetection's TestReader for Mask RT-DETR (`Decode`, `Resize` to the eval
+size with `keep_ratio False` and cubic interpolation, `NormalizeImage` to 0..1, `Permute`), and
+the drawing mirrors `tools/infer.py` (instances above `--draw_threshold`). The model is a library
+`MaskRTDETR` or any callable with the same eval contract (an exported Paddle Inference / ONNX
+Runtime / TensorRT predictor), so every backend is used the same way.
+"""
+
+import os
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import cv2
+import numpy as np
+import paddle
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+Image = Union[str, np.ndarray]
+
+
+def list_images(infer_img: Optional[str] = None, infer_dir: Optional[str] = None) -> List[str]:
+    """The image given by --infer_img, or the images of --infer_dir (sorted)."""
+    if infer_img:
+        if not os.path.isfile(infer_img):
+            raise FileNotFoundError(f"--infer_img not found: {infer_img}")
+        return [infer_img]
+    if not infer_dir:
+        raise ValueError("give --infer_img IMAGE or --infer_dir FOLDER")
+    if not os.path.isdir(infer_dir):
+        raise NotADirectoryError(f"--infer_dir is not a folder: {infer_dir}")
+    images = sorted(os.path.join(infer_dir, name) for name in os.listdir(infer_dir)
+                    if name.lower().endswith(IMAGE_EXTENSIONS))
+    if not images:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {infer_dir}")
+    return images
+
+
+def read_image(path: str) -> np.ndarray:
+    """RGB uint8 [H, W, 3] (ppdet's Decode: cv2 reads BGR)."""
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"cannot read image {path}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def preprocess(image_rgb: np.ndarray, size: Sequence[int]) -> Dict[str, np.ndarray]:
+    """RGB uint8 [H0, W0, 3] -> model inputs (batch of 1) at `size` (h, w), as numpy arrays."""
+    h0, w0 = image_rgb.shape[:2]
+    scale_y, scale_x = size[0] / h0, size[1] / w0
+    # ppdet resizes with fx/fy factors rather than a target size (the same pixels in all cases
+    # we tried, but this keeps the arithmetic identical)
+    resized = cv2.resize(image_rgb, None, None, fx=scale_x, fy=scale_y,
+                         interpolation=cv2.INTER_CUBIC)
+    image = (resized.astype(np.float32) * np.float32(1 / 255)).transpose(2, 0, 1)[None]
+    return {"image": image,  # [1, 3, h, w] 0..1
+            "im_shape": np.array([resized.shape[:2]], np.float32),
+            "scale_factor": np.array([[scale_y, scale_x]], np.float32)}
+
+
+class Predictor:
+    """`predictor(image)` -> {"boxes" [n,4] xyxy px, "scores" [n], "labels" [n], "masks" [n,H,W]}.
+
+    `model`: a MaskRTDETR (run in eval mode without gradients) or a callable taking the numpy
+    inputs dict and returning the eval outputs (`bbox`, `bbox_num`, `mask`).
+    """
+
+    def __init__(self, model: Union[paddle.nn.Layer, Callable[[Dict], Dict]],
+                 threshold: float = 0.5, image_size: Sequence[int] = (640, 640),
+                 class_names: Optional[Sequence[str]] = None):
+        if image_size is None:
+            raise ValueError("Predictor needs an image_size (h, w): the model's eval_size")
+        self.model, self.threshold = model, threshold
+        self.image_size, self.class_names = tuple(image_size), class_names
+
+    def _run(self, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        if not isinstance(self.model, paddle.nn.Layer):
+            outputs = self.model(inputs)
+        else:
+            self.model.eval()
+            with paddle.no_grad():
+                outputs = self.model({k: paddle.to_tensor(v) for k, v in inputs.items()})
+        return {k: v.numpy() if isinstance(v, paddle.Tensor) else np.asarray(v)
+                for k, v in outputs.items()}
+
+    def __call__(self, image: Image) -> Dict[str, np.ndarray]:
+        """Instances of one image (path or RGB uint8 array) with score >= threshold."""
+        rgb = read_image(image) if isinstance(image, str) else image
+        out = self._run(preprocess(rgb, self.image_size))
+        bbox = out["bbox"][:int(out["bbox_num"][0])]  # [n, 6] label, score, x1, y1, x2, y2
+        keep = bbox[:, 1] >= self.threshold
+        return {"boxes": bbox[keep, 2:], "scores": bbox[keep, 1],
+                "labels": bbox[keep, 0].astype(np.int64),
+                "masks": out["mask"][:len(bbox)][keep].astype(bool)}
+
+    def draw(self, image: Image, instances: Optional[Dict[str, np.ndarray]] = None) -> np.ndarray:
+        """RGB uint8 image with the instances' masks, boxes and labels drawn on it."""
+        from .viz import draw_instances
+
+        rgb = read_image(image) if isinstance(image, str) else image
+        instances = instances if instances is not None else self(rgb)
+        return draw_instances(rgb, instances, class_names=self.class_names)
+
+    def save_drawings(self, images: Sequence[str], output_dir: str
+                      ) -> Iterator[Tuple[str, str, Dict[str, np.ndarray]]]:
+        """Draw each image into output_dir (same file name); yields (image, saved, instances)."""
+        os.makedirs(output_dir, exist_ok=True)
+        for path in images:
+            rgb = read_image(path)
+            instances = self(rgb)
+            saved = os.path.join(output_dir, os.path.basename(path))
+            cv2.imwrite(saved, cv2.cvtColor(self.draw(rgb, instances), cv2.COLOR_RGB2BGR))
+            yield path, saved, instances
