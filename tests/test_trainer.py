@@ -301,3 +301,48 @@ def test_sigterm_stops_after_a_step_saves_and_resumes(toy, tmp_path):
     steps = int(out.split("result SIGTERM ")[1].split()[0])
     assert paddle.load(str(tmp_path / "last.pdckpt"))["global_step"] == steps
     assert len(read_log(str(log))) == steps
+
+
+def test_sync_batch_norm_conversion_keeps_frozen_norms():
+    from mrtdetr_lib.engine.trainer import _sync_batch_norms
+    net = paddle.nn.Sequential(paddle.nn.BatchNorm2D(4),
+                               paddle.nn.Sequential(paddle.nn.BatchNorm2D(4,
+                                                                          use_global_stats=True)))
+    weight = net[0].weight
+    _sync_batch_norms(net)
+    assert isinstance(net[0], paddle.nn.SyncBatchNorm) and net[0].weight is weight
+    assert type(net[1][0]) is paddle.nn.BatchNorm2D
+
+
+def test_two_processes_with_gloo_on_cpu(toy, tmp_path):
+    """paddle.distributed.launch, 2 CPU processes (gloo): same weights, disjoint data shards."""
+    script = tmp_path / "dist_train.py"
+    script.write_text(textwrap.dedent(f'''
+        import sys
+        sys.path.insert(0, {os.path.dirname(toy.__file__)!r})
+        import numpy as np, paddle, paddle.distributed as dist, toy_parts
+        import mrtdetr_lib as mrt
+        from mrtdetr_lib.engine.trainer import Trainer
+        cfg = mrt.get_config("tiny")
+        cfg.data.batch_size, cfg.data.num_workers = 2, 0
+        cfg.train.output_dir, cfg.train.max_iters = {str(tmp_path / "out")!r}, 4
+        t = Trainer(cfg, model=toy_parts.Toy(), criterion=toy_parts.criterion,
+                    train_data=toy_parts.ToyData(), progress=False)
+        t.sampler.set_epoch(0)
+        seen = [i for batch in t.sampler for i, _ in batch]
+        t.train()
+        np.savez({str(tmp_path)!r} + f"/rank{{t.rank}}.npz", seen=seen,
+                 **{{n: p.numpy() for n, p in t.model.named_parameters() if not p.stop_gradient}})
+    '''))
+    env = {**os.environ, "PADDLE_DISTRI_BACKEND": "gloo"}
+    proc = subprocess.run([sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node",
+                           "2", "--log_dir", str(tmp_path / "log"), str(script)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=240)
+    logs = "".join(p.read_text() for p in (tmp_path / "log").glob("workerlog.*"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + logs[-3000:]
+    ranks = [np.load(tmp_path / f"rank{r}.npz") for r in (0, 1)]
+    assert not set(ranks[0]["seen"]) & set(ranks[1]["seen"])
+    for name in ranks[0].files:
+        if name != "seen":  # gradients are all-reduced: the weights stay identical
+            np.testing.assert_array_equal(ranks[0][name], ranks[1][name], err_msg=name)
+    assert len(read_log(str(tmp_path / "out" / "train_log.jsonl"))) == 4  # rank 0 logs only

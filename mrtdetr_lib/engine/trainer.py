@@ -162,8 +162,11 @@ class Trainer:
         """Generator: trains and yields each record (after callbacks and the log have it)."""
         from tqdm.auto import tqdm
 
-        net = paddle.DataParallel(self.model, find_unused_parameters=True) \
-            if self.world > 1 else self.model
+        net = self.model
+        if self.world > 1:
+            if "gpu" in paddle.get_device():  # ppdet's norm_type sync_bn (GPU only)
+                _sync_batch_norms(self.model)
+            net = paddle.DataParallel(self.model, find_unused_parameters=True)
         bar = tqdm(total=self.total_steps, initial=self.global_step, desc="train",
                    disable=not (self.progress and self.is_main), dynamic_ncols=True)
         if self.is_main:
@@ -342,7 +345,7 @@ class Trainer:
 
     def _stop_requested(self) -> bool:
         if self.world > 1:  # every rank must stop at the same step, or the others would hang
-            flag = paddle.to_tensor([1 if self.stop_reason else 0])
+            flag = paddle.to_tensor(1 if self.stop_reason else 0)
             dist.all_reduce(flag)
             if int(flag) and not self.stop_reason:
                 self.stop_reason = "stopped by another rank"
@@ -373,6 +376,20 @@ class _graceful_stop:
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+
+
+def _sync_batch_norms(layer: nn.Layer) -> None:
+    """Trainable BatchNorms share batch statistics across processes (ppdet's `sync_bn`).
+
+    Frozen ones (`use_global_stats`) are kept: paddle's converter would drop that flag, so the
+    frozen backbone norms would start using batch statistics (as they do in ppdet's multi-GPU
+    runs; we keep the single-GPU behaviour). Parameters stay the same objects.
+    """
+    for name, child in layer.named_children():
+        if isinstance(child, nn.layer.norm._BatchNormBase) and not child._use_global_stats:
+            layer.add_sublayer(name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
+        else:
+            _sync_batch_norms(child)
 
 
 def _makedirs(directory: str, name: str) -> str:
