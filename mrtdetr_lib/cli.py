@@ -54,11 +54,12 @@ def _need_weights(cfg: Config, command: str) -> str:
 
 
 def _model_with_weights(cfg: Config, command: str):
+    weights = _need_weights(cfg, command)
     from .model.detr import build_model
     from .weights import load_pretrained
 
     model = build_model(cfg.model)
-    load_pretrained(model, _need_weights(cfg, command))
+    load_pretrained(model, weights)
     model.eval()
     return model
 

@@ -1,0 +1,60 @@
+"""`mrtdetr train|eval|infer`: PaddleDetection's flags, one-line errors, a quick-mode train run."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mrtdetr_lib.cli import COMMANDS, build_parser, main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "configs", "tiny_shapes.yml")
+
+
+def _error_line(capsys, argv):
+    """Run the CLI; return (exit status, stderr lines)."""
+    try:
+        status = main(argv)
+    except SystemExit as stop:
+        status = stop.code
+    err = capsys.readouterr().err.strip().splitlines()
+    return status, [line for line in err if not line.startswith("quick mode")]
+
+
+def test_ppdet_flags_parse():
+    args = build_parser().parse_args(["train", "-c", CONFIG, "--eval", "--amp", "-r", "x.pdckpt",
+                                      "-o", "epochs=1", "base_lr=0.001", "-o", "seed=3"])
+    assert (args.eval, args.amp, args.resume) == (True, True, "x.pdckpt")
+    assert args.opt == ["epochs=1", "base_lr=0.001", "seed=3"]
+    args = build_parser().parse_args(["infer", "-c", "tiny", "--infer_dir", "d",
+                                      "--output_dir", "o", "--draw_threshold", "0.3"])
+    assert (args.infer_dir, args.output_dir, args.draw_threshold) == ("d", "o", 0.3)
+    assert set(COMMANDS) >= {"train", "eval", "infer"}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "-c", CONFIG, "--bogus"], "unrecognized arguments: --bogus"),
+    (["fly", "-c", CONFIG], "invalid choice: 'fly'"),
+    (["train"], "the following arguments are required: -c"),
+    (["train", "-c", "no/such.yml"], "config file not found: no/such.yml"),
+    (["train", "-c", CONFIG, "-o", "epoch=3"], "unknown override key 'epoch'"),
+    (["train", "-c", CONFIG, "-o", "epochs=many"], "train.epochs must be a number"),
+    (["eval", "-c", CONFIG], "eval needs trained weights: -o weights=PATH_OR_URL"),
+    (["infer", "-c", CONFIG, "-o", "weights=w.pdparams", "--infer_img", "nope.jpg"],
+     "--infer_img not found: nope.jpg"),
+    (["infer", "-c", CONFIG, "-o", "weights=w.pdparams"], "give --infer_img IMAGE or"),
+])
+def test_bad_input_is_one_clear_line(capsys, argv, message):
+    status, lines = _error_line(capsys, argv)
+    assert status == 2
+    assert len(lines) == 1 and lines[0].startswith("mrtdetr: error: ") and message in lines[0], \
+        lines
+
+
+def test_python_dash_m_runs_the_cli():
+    proc = subprocess.run([sys.executable, "-m", "mrtdetr_lib", "train", "-c", CONFIG, "-o",
+                           "nope=1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "mrtdetr: error: " in proc.stderr and "unknown override key 'nope'" in proc.stderr
