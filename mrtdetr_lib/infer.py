@@ -1,8 +1,9 @@
 """Predictor: image file / array / folder -> instances (boxes, scores, labels, masks), drawn.
 
 Preprocessing is PaddleDetection's TestReader for Mask RT-DETR (`Decode`, `Resize` to the eval
-size with `keep_ratio False` and cubic interpolation, `NormalizeImage` to 0..1, `Permute`), and
-the drawing mirrors `tools/infer.py` (instances above `--draw_threshold`). The model is a library
+size with `keep_ratio False` and cubic interpolation, `NormalizeImage` to 0..1, `Permute`), taken
+from data/transforms.py, and the drawing mirrors `tools/infer.py` (instances above
+`--draw_threshold`). The model is a library
 `MaskRTDETR` or any callable with the same eval contract (an exported Paddle Inference / ONNX
 Runtime / TensorRT predictor), so every backend is used the same way.
 """
@@ -13,6 +14,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Un
 import cv2
 import numpy as np
 import paddle
+
+from .data.transforms import Decode, eval_transforms
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 Image = Union[str, np.ndarray]
@@ -36,25 +39,23 @@ def list_images(infer_img: Optional[str] = None, infer_dir: Optional[str] = None
 
 
 def read_image(path: str) -> np.ndarray:
-    """RGB uint8 [H, W, 3] (ppdet's Decode: cv2 reads BGR)."""
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"cannot read image {path}")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    """RGB uint8 [H, W, 3], read as the data sets read images (data/transforms.py Decode)."""
+    return Decode()({"im_file": path})["image"]
 
 
 def preprocess(image_rgb: np.ndarray, size: Sequence[int]) -> Dict[str, np.ndarray]:
-    """RGB uint8 [H0, W0, 3] -> model inputs (batch of 1) at `size` (h, w), as numpy arrays."""
+    """RGB uint8 [H0, W0, 3] -> model inputs (batch of 1) at `size` (h, w), as numpy arrays.
+
+    The evaluation data set's own transforms (after decoding), so `mrtdetr infer` sees exactly
+    the inputs that `mrtdetr eval` scores.
+    """
     h0, w0 = image_rgb.shape[:2]
-    scale_y, scale_x = size[0] / h0, size[1] / w0
-    # ppdet resizes with fx/fy factors rather than a target size (the same pixels in all cases
-    # we tried, but this keeps the arithmetic identical)
-    resized = cv2.resize(image_rgb, None, None, fx=scale_x, fy=scale_y,
-                         interpolation=cv2.INTER_CUBIC)
-    image = (resized.astype(np.float32) * np.float32(1 / 255)).transpose(2, 0, 1)[None]
-    return {"image": image,  # [1, 3, h, w] 0..1
-            "im_shape": np.array([resized.shape[:2]], np.float32),
-            "scale_factor": np.array([[scale_y, scale_x]], np.float32)}
+    sample = {"image": image_rgb, "im_shape": np.array([h0, w0], np.float32),
+              "scale_factor": np.ones(2, np.float32)}
+    for transform in eval_transforms(size):
+        if not isinstance(transform, Decode):
+            sample = transform(sample)
+    return {k: sample[k][None] for k in ("image", "im_shape", "scale_factor")}
 
 
 class Predictor:

@@ -162,6 +162,8 @@ class Trainer:
         """Generator: trains and yields each record (after callbacks and the log have it)."""
         from tqdm.auto import tqdm
 
+        self.stop_reason = None
+        self.model.train()
         net = self.model
         if self.world > 1:
             if "gpu" in paddle.get_device():  # ppdet's norm_type sync_bn (GPU only)
