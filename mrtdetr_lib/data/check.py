@@ -1,0 +1,221 @@
+"""Check a COCO-format instance data set and report every problem with its file and ids.
+
+The logic of `data_scripts/check_dataset.py`; notebooks call `check_dataset` directly. It looks
+for what would crash training or quietly spoil its targets: missing, corrupt or truncated images,
+image sizes that disagree with the json, boxes outside the image or of non-positive size, empty
+or degenerate polygons, RLE of the wrong size, unknown categories or images, duplicate ids.
+"""
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import cv2
+import numpy as np
+import pycocotools.mask as mask_util
+
+BOX_TOLERANCE = 1.0  # pixels a box may stick out of the image (float rounding in annotations)
+
+
+@dataclass
+class Problem:
+    """One problem: the file it is in, the image and annotation ids, what is wrong."""
+
+    file: str
+    message: str
+    image_id: Optional[int] = None
+    ann_id: Optional[int] = None
+
+    def __str__(self) -> str:
+        ids = [f"{name} {value}" for name, value in (("image id", self.image_id),
+                                                      ("annotation id", self.ann_id))
+               if value is not None]
+        return f"{self.file}: {', '.join(ids) + ': ' if ids else ''}{self.message}"
+
+
+@dataclass
+class Report:
+    """All problems of a data set, with its size; str() is the printable report."""
+
+    problems: List[Problem] = field(default_factory=list)
+    num_images: int = 0
+    num_annotations: int = 0
+    num_categories: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def __str__(self) -> str:
+        lines = [str(p) for p in self.problems]
+        size = (f"{self.num_images} images, {self.num_annotations} annotations, "
+                f"{self.num_categories} categories")
+        lines.append(f"{len(self.problems)} problem(s) in {size}" if self.problems
+                     else f"ok: {size}")
+        return "\n".join(lines)
+
+
+def _duplicates(items: List[Dict[str, Any]]) -> List[Any]:
+    seen, dups = set(), []
+    for item in items:
+        key = item.get("id")
+        if key in seen:
+            dups.append(key)
+        seen.add(key)
+    return dups
+
+
+def _check_box(ann: Dict[str, Any], width: int, height: int) -> List[str]:
+    box = ann.get("bbox")
+    if not (isinstance(box, list) and len(box) == 4
+            and all(isinstance(v, (int, float)) for v in box)):
+        return [f"bbox {box!r} is not 4 numbers [x, y, w, h]"]
+    x, y, w, h = box
+    if w <= 0 or h <= 0:
+        return [f"bbox {box} has a non-positive size"]
+    if (x < -BOX_TOLERANCE or y < -BOX_TOLERANCE or x + w > width + BOX_TOLERANCE
+            or y + h > height + BOX_TOLERANCE):
+        return [f"bbox {box} (x2={x + w:g}, y2={y + h:g}) is outside the {width}x{height} image"]
+    return []
+
+
+def _check_polygons(segm: list) -> List[str]:
+    if not segm:
+        return ["empty segmentation (no polygon)"]
+    messages = []
+    for k, poly in enumerate(segm):
+        if not (isinstance(poly, list) and all(isinstance(v, (int, float)) for v in poly)):
+            messages.append(f"polygon {k} is not a list of numbers")
+        elif len(poly) % 2:
+            messages.append(f"polygon {k} has an odd number of coordinates ({len(poly)})")
+        elif len(poly) < 6:
+            messages.append(f"polygon {k} has {len(poly) // 2} points, fewer than 3")
+        else:
+            x, y = np.asarray(poly[0::2], float), np.asarray(poly[1::2], float)
+            if abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))) / 2 == 0:
+                messages.append(f"polygon {k} has zero area")
+    return messages
+
+
+def _check_rle(segm: dict, width: int, height: int) -> List[str]:
+    if "size" not in segm or "counts" not in segm:
+        return ["RLE segmentation without 'size' and 'counts'"]
+    if [int(v) for v in segm["size"]] != [height, width]:
+        return [f"RLE size {segm['size']} differs from the image size [{height}, {width}]"]
+    counts = segm["counts"]
+    if isinstance(counts, list):
+        if sum(counts) != height * width:
+            return [f"uncompressed RLE covers {sum(counts)} pixels, the image has {height * width}"]
+        return []
+    try:
+        mask_util.area({"size": [height, width],
+                        "counts": counts.encode() if isinstance(counts, str) else counts})
+    except Exception as err:  # pycocotools raises plain Exceptions for bad strings
+        return [f"RLE counts cannot be decoded: {err}"]
+    return []
+
+
+def _check_segmentation(ann: Dict[str, Any], width: int, height: int) -> List[str]:
+    segm = ann.get("segmentation")
+    if segm is None:
+        return ["no segmentation"]
+    if isinstance(segm, list):
+        return _check_polygons(segm)
+    if isinstance(segm, dict):
+        return _check_rle(segm, width, height)
+    return [f"segmentation of type {type(segm).__name__} is neither polygons nor RLE"]
+
+
+def _check_image_file(path: str, width: int, height: int) -> Optional[str]:
+    """What is wrong with an image file, or None."""
+    if not os.path.isfile(path):
+        return "image file not found"
+    data = np.fromfile(path, np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        return "image file cannot be decoded (empty, corrupt or not an image)"
+    tail = data[-1024:].tobytes()
+    # libjpeg and libpng decode a cut-off file with a warning; the end marker tells
+    if (data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in tail) or (
+            data[:4].tobytes() == b"\x89PNG" and b"IEND" not in tail):
+        return "image file is truncated (no end marker)"
+    if image.shape[:2] != (height, width):
+        return (f"image is {image.shape[1]}x{image.shape[0]} (w x h) but the json says "
+                f"{width}x{height}")
+    return None
+
+
+def _load(anno_path: str, report: Report) -> Optional[Dict[str, Any]]:
+    if not os.path.isfile(anno_path):
+        report.problems.append(Problem(anno_path, "annotation file not found"))
+        return None
+    try:
+        with open(anno_path) as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        report.problems.append(Problem(anno_path, f"not valid json: {err}"))
+        return None
+    missing = [k for k in ("images", "annotations", "categories")
+               if not isinstance(data, dict) or not isinstance(data.get(k), list)]
+    if missing:
+        report.problems.append(Problem(anno_path, f"no list {missing} at the top level"))
+        return None
+    return data
+
+
+def _check_annotations(data: Dict[str, Any], images: Dict[Any, Dict[str, Any]],
+                       anno_path: str) -> List[Problem]:
+    category_ids = {c.get("id") for c in data["categories"]}
+    problems = []
+    for ann in data["annotations"]:
+        im = images.get(ann.get("image_id"))
+        if im is None:
+            messages = [f"refers to image id {ann.get('image_id')}, not in the images"]
+        else:
+            messages = _check_box(ann, im["width"], im["height"]) + _check_segmentation(
+                ann, im["width"], im["height"])
+        if ann.get("category_id") not in category_ids:
+            messages.append(f"unknown category id {ann.get('category_id')}")
+        problems += [Problem(anno_path, m, ann.get("image_id"), ann.get("id")) for m in messages]
+    return problems
+
+
+def _check_image_files(images: List[Dict[str, Any]], image_dir: str, num_threads: int,
+                       progress: bool) -> List[Problem]:
+    from tqdm.auto import tqdm
+
+    paths = [os.path.join(image_dir, im["file_name"]) for im in images]
+    with ThreadPoolExecutor(num_threads) as pool:  # cv2 decodes outside the GIL: threads help
+        results = list(tqdm(pool.map(_check_image_file, paths, [im["width"] for im in images],
+                                     [im["height"] for im in images]),
+                            total=len(images), desc="images", disable=not progress))
+    return [Problem(path, message, im["id"])
+            for path, im, message in zip(paths, images, results) if message]
+
+
+def check_dataset(anno_path: str, image_dir: str, check_images: bool = True,
+                  num_threads: int = 4, progress: bool = False) -> Report:
+    """Check a COCO json and its image folder; the Report lists every problem found."""
+    report = Report()
+    data = _load(anno_path, report)
+    if data is None:
+        return report
+    report.num_images, report.num_annotations = len(data["images"]), len(data["annotations"])
+    report.num_categories = len(data["categories"])
+    for key in ("categories", "images", "annotations"):
+        report.problems += [Problem(anno_path, f"duplicate {key[:-1]} id {dup}")
+                            for dup in _duplicates(data[key])]
+    images = {}
+    for im in data["images"]:
+        if all(k in im for k in ("id", "file_name", "width", "height")):
+            images[im["id"]] = im
+        else:
+            report.problems.append(Problem(anno_path, f"image entry {str(im)[:80]} lacks one of "
+                                           "id, file_name, width, height", im.get("id")))
+    report.problems += _check_annotations(data, images, anno_path)
+    if check_images:
+        report.problems += _check_image_files(list(images.values()), image_dir, num_threads,
+                                              progress)
+    return report

@@ -1,0 +1,105 @@
+"""Batches in the model's input format: data set + transforms -> paddle.io.DataLoader.
+
+Mirrors `ppdet/data/reader.py` with the Mask RT-DETR reader's `collate_batch: false`: `image`
+[B,3,H,W], `im_shape` [B,2] and `scale_factor` [B,2] are stacked, the targets `gt_class` [n,1],
+`gt_bbox` [n,4] (normalised cx,cy,w,h) and `gt_segm` [n,H,W] stay one array per image (n varies).
+Eval batches carry `im_id` [B,1] and `orig_size` [B,2] (h, w) instead of targets.
+"""
+
+import math
+import os
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import paddle
+
+from ..config import Config, DataConfig
+from .coco import COCOInstanceDataset
+from .transforms import eval_transforms, train_transforms
+
+STACKED = ("image", "im_shape", "scale_factor", "im_id", "orig_size")
+PER_IMAGE = ("gt_class", "gt_bbox", "gt_segm")
+
+
+class Collate:
+    """Run the batch transforms, then stack the image fields and list the targets per image."""
+
+    def __init__(self, batch_transforms: Sequence[Callable] = ()):
+        self.batch_transforms = list(batch_transforms)
+
+    def __call__(self, samples: List[Dict[str, Any]]) -> Dict[str, Any]:
+        # seeded by every sample's seed: the batch's random size is as reproducible as they are
+        rng = np.random.default_rng([s["seed"] for s in samples])
+        for transform in self.batch_transforms:
+            samples = transform(samples, rng)
+        batch = {k: np.stack([s[k] for s in samples]) for k in STACKED if k in samples[0]}
+        batch.update({k: [s[k] for s in samples] for k in PER_IMAGE if k in samples[0]})
+        return batch
+
+
+class SeededBatchSampler:
+    """Batches of (index, seed) keys; order and augmentation follow from (seed, epoch) alone, so
+    any number of workers gives the same batches. Each pass over it is the next epoch."""
+
+    def __init__(self, size: int, batch_size: int, shuffle: bool = True, drop_last: bool = True,
+                 seed: int = 0):
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.shuffle, self.drop_last, self.epoch = shuffle, drop_last, 0
+
+    def __len__(self) -> int:
+        return (self.size // self.batch_size if self.drop_last
+                else math.ceil(self.size / self.batch_size))
+
+    def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(self.size) if self.shuffle else np.arange(self.size)
+        seeds = rng.integers(0, 2**31 - 1, self.size)
+        self.epoch += 1
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            stop = min(start + self.batch_size, self.size)
+            yield [(int(order[i]), int(seeds[i])) for i in range(start, stop)]
+
+
+def build_dataset(cfg: DataConfig, split: str) -> COCOInstanceDataset:
+    """The "train" or "val" data set of a DataConfig, with its transforms and `collate_fn`."""
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    train = split == "train"
+    image_dir = os.path.join(cfg.dataset_dir, cfg.train_image_dir if train else cfg.val_image_dir)
+    anno_path = os.path.join(cfg.dataset_dir, cfg.train_anno_path if train else cfg.val_anno_path)
+    if train:
+        transforms, batch_transforms = train_transforms(cfg.train_sizes)
+    else:
+        transforms, batch_transforms = eval_transforms(cfg.eval_size), []
+    return COCOInstanceDataset(image_dir, anno_path, transforms, train=train,
+                               allow_empty=cfg.allow_empty, max_images=cfg.max_images,
+                               collate_fn=Collate(batch_transforms))
+
+
+def _shared_memory_ok() -> bool:
+    """Workers pass batches through /dev/shm; ppdet turns that off below 1 GB (small containers)."""
+    try:
+        stat = os.statvfs("/dev/shm")
+    except OSError:
+        return False
+    return stat.f_bavail * stat.f_frsize >= 1 << 30
+
+
+def build_loader(cfg: Config, split: str, num_workers: Optional[int] = None,
+                 seed: Optional[int] = None) -> paddle.io.DataLoader:
+    """DataLoader of a split: train shuffles and drops the last partial batch; seed = train.seed."""
+    model_size = cfg.model.eval_size
+    if split == "val" and model_size and list(model_size) != list(cfg.data.eval_size):
+        raise ValueError(f"data.eval_size {cfg.data.eval_size} differs from model.eval_size "
+                         f"{list(model_size)}: the model's anchors are built for the latter")
+    dataset = build_dataset(cfg.data, split)
+    train = split == "train"
+    batch_size = cfg.data.batch_size if train else cfg.data.eval_batch_size
+    sampler = SeededBatchSampler(len(dataset), batch_size, shuffle=train, drop_last=train,
+                                 seed=cfg.train.seed if seed is None else seed)
+    if len(sampler) == 0:
+        raise ValueError(f"{dataset.anno_path}: {len(dataset)} images, fewer than one batch of "
+                         f"{batch_size}")
+    workers = cfg.data.num_workers if num_workers is None else num_workers
+    return paddle.io.DataLoader(dataset, batch_sampler=sampler, collate_fn=dataset.collate_fn,
+                                num_workers=workers, use_shared_memory=_shared_memory_ok())
