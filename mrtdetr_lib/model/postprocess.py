@@ -43,16 +43,18 @@ class DETRPostProcess(nn.Layer):
         `mask[i, :h0, :w0]` to get them back. Loops over the (static) batch size.
         """
         size = origin_shape.astype("int32")  # [B, 2]
+        batch = masks.shape[0]
         out = []
-        for i in range(masks.shape[0]):
+        for i in range(batch):
             resized = F.interpolate(masks[i:i + 1], size=[size[i, 0], size[i, 1]],
-                                    mode="bilinear", align_corners=False)  # [1, k, h0, w0]
-            if masks.shape[0] > 1:  # pad to the largest image of the batch
+                                    mode="bilinear", align_corners=False)[0]  # [k, h0, w0]
+            if batch > 1:  # pad to the largest image of the batch, below the threshold
                 pad = paddle.stack([paddle.zeros([], "int32"), size[:, 1].max() - size[i, 1],
                                     paddle.zeros([], "int32"), size[:, 0].max() - size[i, 0]])
-                resized = F.pad(resized, pad, value=self.logit_threshold - 1.0)
-            out.append(resized[0])
-        return (paddle.concat(out) > self.logit_threshold).astype("int32")
+                resized = F.pad(resized.unsqueeze(0), pad, value=self.logit_threshold - 1)[0]
+            out.append(resized)
+        masks = out[0] if batch == 1 else paddle.concat(out)  # [B*k, H0, W0]
+        return (masks > self.logit_threshold).astype("int32")
 
     def forward(self, boxes: paddle.Tensor, logits: paddle.Tensor, masks: paddle.Tensor,
                 im_shape: paddle.Tensor, scale_factor: paddle.Tensor) -> Dict[str, paddle.Tensor]:
