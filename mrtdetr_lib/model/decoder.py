@@ -213,7 +213,8 @@ class MaskRTDETRTransformer(nn.Layer):
         anchors, valid_mask = self.anchors_for(spatial_shapes)
         memory = paddle.where(valid_mask, memory, paddle.zeros_like(memory))  # border tokens
         output_memory = self.enc_output(memory)
-        return output_memory, self.score_head(output_memory), self.bbox_head(output_memory) + anchors
+        boxes_unact = self.bbox_head(output_memory) + anchors
+        return output_memory, self.score_head(output_memory), boxes_unact
 
     def select_queries(self, output_memory: paddle.Tensor, logits: paddle.Tensor,
                        boxes_unact: paddle.Tensor

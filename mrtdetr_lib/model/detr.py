@@ -64,12 +64,21 @@ class MaskRTDETR(nn.Layer):
             {dn_positive_idx: list of B int64 [n_i * groups], dn_num_group: int,
             dn_num_split: [Qdn, Q]} or None.
         """
+        self._check_size(inputs["image"])
         feats = self.neck(self.backbone(inputs["image"]))
         out = self.transformer(feats, inputs if self.training else None)
         if self.training:
             return split_predictions(out)
         return self.post_process(out["dec_boxes"][-1], out["dec_logits"][-1],
                                  out["dec_masks"][-1], inputs["im_shape"], inputs["scale_factor"])
+
+
+    def _check_size(self, image: paddle.Tensor) -> None:
+        """Eval with a fixed eval_size only takes that input size (static shapes only)."""
+        eval_size, size = self.transformer.eval_size, tuple(image.shape[2:])
+        if not self.training and eval_size and min(size) > 0 and size != eval_size:
+            raise ValueError(f"image size {size} does not match eval_size {eval_size}; build "
+                             "the model with eval_size=None to take any size")
 
 
 def build_model(arch: Union[str, ModelConfig] = "l", **overrides: Any) -> MaskRTDETR:
