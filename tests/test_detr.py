@@ -116,17 +116,24 @@ def test_fewer_queries_use_the_same_weights():
 
 
 @pytest.mark.filterwarnings("ignore")
-def test_to_static_matches_eager():
-    model = _tiny()
+@pytest.mark.parametrize("eval_size", [(256, 256), None])
+def test_to_static_matches_eager(eval_size):
+    """Export path: a fixed 256 input with eval_size, or free batch and size without."""
+    model = _tiny(eval_size=eval_size)
     model.eval()
-    inputs = _inputs(origin=[(240, 320)])
-    eager = model(inputs)
-    spec = [{"image": paddle.static.InputSpec([1, 3, 256, 256], "float32", "image"),
-             "im_shape": paddle.static.InputSpec([1, 2], "float32", "im_shape"),
-             "scale_factor": paddle.static.InputSpec([1, 2], "float32", "scale_factor")}]
-    static = paddle.jit.to_static(model, input_spec=spec, full_graph=True)(inputs)
-    np.testing.assert_allclose(eager["bbox"].numpy(), static["bbox"].numpy(), atol=1e-4)
-    assert (eager["mask"].numpy() != static["mask"].numpy()).sum() <= 20
+    size = eval_size or (None, None)
+    batch = 1 if eval_size else None
+    spec = [{"image": paddle.static.InputSpec([batch, 3, *size], "float32", "image"),
+             "im_shape": paddle.static.InputSpec([batch, 2], "float32", "im_shape"),
+             "scale_factor": paddle.static.InputSpec([batch, 2], "float32", "scale_factor")}]
+    static = paddle.jit.to_static(model, input_spec=spec, full_graph=True)
+    runs = [_inputs(origin=[(240, 320)])]
+    if eval_size is None:
+        runs.append(_inputs(batch=2, size=(192, 224), origin=[(192, 224), (300, 200)]))
+    for inputs in runs:
+        eager, exported = model(inputs), static(inputs)
+        np.testing.assert_allclose(eager["bbox"].numpy(), exported["bbox"].numpy(), atol=1e-4)
+        assert (eager["mask"].numpy() != exported["mask"].numpy()).sum() <= 20
 
 
 # ---------------------------------------------------------------- training (tiny preset)

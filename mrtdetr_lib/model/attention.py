@@ -33,11 +33,14 @@ def deformable_attention_core_func(value: paddle.Tensor, spatial_shapes: Sequenc
         # [B, h*w, heads, c] -> [B*heads, c, h, w]: every head samples its own slice of channels
         value_l = value_list[level].flatten(2).transpose([0, 2, 1]).reshape(
             [batch * num_heads, head_dim, h, w])
-        # [B, Q, heads, P, 2] -> [B*heads, Q, P, 2]
-        grid_l = grids[:, :, :, level].transpose([0, 2, 1, 3, 4]).flatten(0, 1)
+        # [B, Q, heads, P, 2] -> [B*heads, Q*P, 1, 2]: one column of points (the same numbers
+        # as a [Q, P] grid, and paddle's CPU kernel is twice as fast on it)
+        grid_l = grids[:, :, :, level].transpose([0, 2, 1, 3, 4]).reshape(
+            [batch * num_heads, num_queries * num_points, 1, 2])
         # align_corners=False + zeros padding: a point outside the map contributes nothing
         sampled.append(F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros",
-                                     align_corners=False))  # [B*heads, c, Q, P]
+                                     align_corners=False).reshape(
+            [batch * num_heads, head_dim, num_queries, num_points]))
     # [B, Q, heads, L, P] -> [B*heads, 1, Q, L*P]
     weights = attention_weights.transpose([0, 2, 1, 3, 4]).reshape(
         [batch * num_heads, 1, num_queries, num_levels * num_points])
