@@ -1,7 +1,5 @@
 """Predictor: the evaluation preprocessing, thresholding, any backend callable, drawings."""
 
-import importlib.util
-
 import cv2
 import numpy as np
 import pytest
@@ -10,10 +8,6 @@ import mrtdetr_lib as mrt
 from mrtdetr_lib.data import build_dataset
 from mrtdetr_lib.data.shapes import make_shapes
 from mrtdetr_lib.infer import Predictor, list_images, preprocess, read_image
-
-needs_viz = pytest.mark.skipif(importlib.util.find_spec("mrtdetr_lib.viz") is None,
-                               reason="mrtdetr_lib/viz.py (draw_instances) not written yet")
-
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
@@ -77,7 +71,6 @@ def test_list_images_errors(tmp_path):
                                                                                  "b.png"]
 
 
-@needs_viz
 def test_save_drawings_writes_one_image_per_input(shapes, tmp_path):
     predictor = Predictor(mrt.build_model("tiny"), threshold=0.0, image_size=(256, 256),
                           class_names=["circle", "square", "triangle", "star"])
