@@ -7,8 +7,13 @@ parameter, norms and biases included: `regularizer: false` and no param groups),
 per-parameter multipliers from `ParamAttr(learning_rate=...)` (the backbone's `lr_mult_list`),
 global-norm clipping at 0.1, EMA weights evaluated and saved. Additions: resumable data order,
 atomic checkpoints with RNG states, a graceful stop on Ctrl-C / SIGTERM, a generator API.
-Multi-process: start with `python -m paddle.distributed.launch --nproc_per_node N -m
-mrtdetr_lib train ...`; rank 0 logs and writes files.
+
+AMP (`amp=True`) is paddle's O1 auto_cast with a GradScaler on a GPU. On CPU, paddle 3.3.1's
+auto_cast does nothing (it warns "amp_guard can only be enabled on CUDAPlace, XPUPlace, and
+CustomPlace", for float16 and bfloat16 alike), so the Trainer warns once and trains in float32.
+Multi-process (GPUs, or CPU processes over gloo): `python -m paddle.distributed.launch
+--nproc_per_node N $(which mrtdetr) train -c ...`; DataParallel, each rank its own shard of every
+epoch, rank 0 logs and writes files.
 """
 
 import dataclasses
@@ -64,31 +69,23 @@ class EpochBatchSampler:
     augmentation in the same epoch whatever the number of loader workers or restarts.
     """
 
-    def __init__(self, size: int, batch_size: int, seed: int = 0, shuffle: bool = True,
-                 drop_last: bool = True, rank: int = 0, world_size: int = 1):
+    def __init__(self, size: int, batch_size: int, seed: int = 0, rank: int = 0,
+                 world_size: int = 1):
         self.size, self.batch_size, self.seed = size, batch_size, seed
-        self.shuffle, self.drop_last, self.rank, self.world = shuffle, drop_last, rank, world_size
+        self.rank, self.world = rank, world_size
         self.epoch, self.skip = 0, 0
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         """Choose the epoch's order and how many of its first batches to leave out (resume)."""
         self.epoch, self.skip = epoch, skip
 
-    def _shard(self) -> np.ndarray:
-        order = np.arange(self.size)
-        if self.shuffle:
-            order = np.random.RandomState([self.seed, self.epoch]).permutation(self.size)
-        per_rank = math.ceil(self.size / self.world)
-        order = np.resize(order, per_rank * self.world)  # pad by repeating, as paddle's sampler
-        return order[self.rank::self.world]
-
     def __len__(self) -> int:
-        per_rank = math.ceil(self.size / self.world)
-        return per_rank // self.batch_size if self.drop_last else math.ceil(
-            per_rank / self.batch_size)
+        return math.ceil(self.size / self.world) // self.batch_size  # drop_last, as ppdet's
 
     def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
-        order = self._shard()
+        order = np.random.RandomState([self.seed, self.epoch]).permutation(self.size)
+        order = np.resize(order, math.ceil(self.size / self.world) * self.world)  # pad: repeat
+        order = order[self.rank::self.world]
         seeds = np.random.RandomState([self.seed, self.epoch, 1]).randint(0, 2**31 - 1, self.size)
         for b in range(self.skip, len(self)):
             yield [(int(i), int(seeds[i])) for i in order[b * self.batch_size:
