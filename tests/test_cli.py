@@ -58,3 +58,36 @@ def test_python_dash_m_runs_the_cli():
                            "nope=1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "mrtdetr: error: " in proc.stderr and "unknown override key 'nope'" in proc.stderr
+
+
+def _missing(module):
+    import importlib.util
+    return importlib.util.find_spec(module) is None
+
+
+@pytest.mark.skipif(_missing("mrtdetr_lib.loss.criterion") or _missing("mrtdetr_lib.weights"),
+                    reason="needs mrtdetr_lib/loss/criterion.py and mrtdetr_lib/weights.py")
+def test_quick_train_eval_infer_from_a_fresh_checkout(tmp_path):
+    """`make shapes` + the README's three commands, in quick mode (a few steps and images)."""
+    from mrtdetr_lib.data.shapes import make_shapes
+    make_shapes(str(tmp_path / "shapes"), num_train=16, num_val=4, progress=False)
+    env = {**os.environ, "MRTDETR_QUICK": "1"}
+    data = ["-o", f"data.dataset_dir={tmp_path / 'shapes'}", "num_workers=0"]
+    out = str(tmp_path / "out")
+
+    def mrtdetr(*argv):
+        proc = subprocess.run([sys.executable, "-m", "mrtdetr_lib", *argv, *data], cwd=ROOT,
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout.strip().splitlines()
+
+    summary = json.loads(mrtdetr("train", "-c", CONFIG, "--eval", "--output_dir", out,
+                                 "-o", "epochs=1")[-1])
+    assert summary["steps"] == 4 and summary["best"]["step"] == 4  # 16 images / batch 4
+    best = os.path.join(out, "best_model.pdparams")
+    metrics = json.loads(mrtdetr("eval", "-c", CONFIG, "-o", f"weights={best}")[-1])
+    assert 0.0 <= metrics["mask_AP"] <= 1.0
+    lines = mrtdetr("infer", "-c", CONFIG, "-o", f"weights={best}", "--infer_dir",
+                    str(tmp_path / "shapes" / "val"), "--output_dir", str(tmp_path / "drawn"),
+                    "--draw_threshold", "0.0")
+    assert len(lines) == 4 and len(os.listdir(tmp_path / "drawn")) == 4
