@@ -42,7 +42,7 @@ def main() -> int:
     cfg = mrt.get_config("tiny")
     cfg.data.dataset_dir = args.data
     cfg.train.output_dir = args.output_dir or tempfile.mkdtemp(prefix="train_shapes_")
-    cfg.train.max_iters, cfg.train.eval = 10**9, False  # the clock decides; we evaluate here
+    cfg.train.epochs, cfg.train.eval = 10**6, False  # the clock decides; we evaluate here
     cfg = update_config(cfg, parse_overrides(args.opt, cfg))
 
     trainer = Trainer(cfg, eval_data=build_dataset(cfg.data, "val"), progress=False)

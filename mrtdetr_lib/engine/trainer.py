@@ -143,8 +143,8 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     @property
     def total_steps(self) -> int:
-        """Steps of the whole run: `max_iters` if set, else epochs x batches per epoch."""
-        return self.cfg.train.max_iters or self.cfg.train.epochs * len(self.sampler)
+        """Steps of the whole run: epochs x batches per epoch, capped by `max_iters` if set."""
+        return min(self.cfg.train.epochs * len(self.sampler), self.cfg.train.max_iters or 2**62)
 
     def train(self) -> Dict[str, Any]:
         """Run to the end (or a graceful stop); returns the last eval record and the best AP."""
