@@ -28,6 +28,10 @@ class Collate:
         self.batch_transforms = list(batch_transforms)
 
     def __call__(self, samples: List[Dict[str, Any]]) -> Dict[str, Any]:
+        errors = [s["error"] for s in samples if "error" in s]
+        if errors:  # a sample failed to load (see LoaderWithErrors): pass its message on
+            # with one array: paddle's queue takes a batch of no arrays for the end of data
+            return {"error": errors[0], "failed": np.ones(1, np.int32)}
         # seeded by every sample's seed: the batch's random size is as reproducible as they are
         rng = np.random.default_rng([s["seed"] for s in samples])
         for transform in self.batch_transforms:
@@ -60,6 +64,47 @@ class SeededBatchSampler:
             yield [(int(order[i]), int(seeds[i])) for i in range(start, stop)]
 
 
+class _Guarded(paddle.io.Dataset):
+    """A data set whose failing samples become {"error": message} instead of raising."""
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: Any) -> Dict[str, Any]:
+        try:
+            return self.dataset[key]
+        except Exception as err:  # any failure: it must reach the main process as data
+            return {"error": f"{type(err).__name__}: {err}"}
+
+    def __getattr__(self, name: str) -> Any:  # coco, cat_ids, ... of the wrapped data set
+        if name == "dataset":  # not set yet (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+class LoaderWithErrors(paddle.io.DataLoader):
+    """paddle.io.DataLoader that raises a failed sample's error, with its message, to the caller.
+
+    paddle's own loader hangs when a sample raises with num_workers=0 (the exception ends its
+    feeding thread) and raises a bare SystemError with workers; here the error travels as data
+    and is raised again in the main process.
+    """
+
+    def __init__(self, dataset: Any, batch_sampler: Any, num_workers: int = 0):
+        super().__init__(_Guarded(dataset), batch_sampler=batch_sampler,
+                         collate_fn=dataset.collate_fn, num_workers=num_workers,
+                         use_shared_memory=_shared_memory_ok())
+
+    def __iter__(self) -> Iterator[Dict[str, Any]]:
+        for batch in super().__iter__():
+            if "error" in batch:
+                raise RuntimeError(f"loading a batch failed: {batch['error']}")
+            yield batch
+
+
 def build_dataset(cfg: DataConfig, split: str) -> COCOInstanceDataset:
     """The "train" or "val" data set of a DataConfig, with its transforms and `collate_fn`."""
     if split not in ("train", "val"):
@@ -86,7 +131,7 @@ def _shared_memory_ok() -> bool:
 
 
 def build_loader(cfg: Config, split: str, num_workers: Optional[int] = None,
-                 seed: Optional[int] = None) -> paddle.io.DataLoader:
+                 seed: Optional[int] = None) -> LoaderWithErrors:
     """DataLoader of a split: train shuffles and drops the last partial batch; seed = train.seed."""
     model_size = cfg.model.eval_size
     if split == "val" and model_size and list(model_size) != list(cfg.data.eval_size):
@@ -101,5 +146,4 @@ def build_loader(cfg: Config, split: str, num_workers: Optional[int] = None,
         raise ValueError(f"{dataset.anno_path}: {len(dataset)} images, fewer than one batch of "
                          f"{batch_size}")
     workers = cfg.data.num_workers if num_workers is None else num_workers
-    return paddle.io.DataLoader(dataset, batch_sampler=sampler, collate_fn=dataset.collate_fn,
-                                num_workers=workers, use_shared_memory=_shared_memory_ok())
+    return LoaderWithErrors(dataset, sampler, workers)

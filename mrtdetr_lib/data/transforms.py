@@ -244,8 +244,10 @@ class Resize:
         out_h, out_w = self.target_size
         sy, sx = out_h / image.shape[0], out_w / image.shape[1]
         # scale factors (fx, fy), not an output size: the exact cv2 call of ppdet's Resize
-        out = {**sample, "image": cv2.resize(image, None, None, fx=sx, fy=sy,
-                                             interpolation=self.interp).astype(np.float32),
+        resized = cv2.resize(image, None, None, fx=sx, fy=sy, interpolation=self.interp)
+        if resized.dtype != np.uint8:  # bicubic/lanczos overshoot on float images (ppdet's too)
+            resized = np.clip(resized, 0, 255)
+        out = {**sample, "image": resized.astype(np.float32),
                "im_shape": np.array([out_h, out_w], np.float32),
                "scale_factor": sample["scale_factor"] * np.array([sy, sx], np.float32)}
         if "gt_bbox" in sample:
