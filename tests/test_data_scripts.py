@@ -1,0 +1,111 @@
+"""data_scripts/: shapes CLI, data set checker CLI, subsets, COCO download (local server only)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(name):
+    """Import data_scripts/<name>.py as a module (they are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "data_scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shapes")
+    code = load_script("make_shapes").main(["--out", str(out), "--train", "12", "--val", "4",
+                                            "--size", "96", "--no-progress"])
+    assert code == 0
+    return out
+
+
+def test_make_shapes_cli_writes_then_is_a_no_op(shapes, capsys):
+    assert sorted(p.name for p in shapes.iterdir()) == ["instances_train.json",
+                                                        "instances_val.json", "train", "val"]
+    assert len(list((shapes / "train").glob("*.jpg"))) == 12
+    load_script("make_shapes").main(["--out", str(shapes), "--train", "12", "--val", "4",
+                                     "--size", "96", "--no-progress"])
+    assert "is up to date" in capsys.readouterr().out
+
+
+def test_check_dataset_cli_exit_status_and_report(shapes, tmp_path, capsys):
+    check = load_script("check_dataset")
+    data = json.loads((shapes / "instances_val.json").read_text())
+    args = [str(shapes / "instances_val.json"), str(shapes / "val"), "--no-progress"]
+    assert check.main(args) == 0
+    assert capsys.readouterr().out.strip() == (f"ok: 4 images, {len(data['annotations'])} "
+                                               "annotations, 4 categories")
+    data["annotations"][0]["category_id"] = 42
+    data["annotations"][1]["bbox"][2] = 500
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps(data))
+    assert check.main([str(broken), str(shapes / "val"), "--no-progress"]) == 1
+    out = capsys.readouterr().out
+    assert f"annotation id {data['annotations'][0]['id']}: unknown category id 42" in out
+    assert f"annotation id {data['annotations'][1]['id']}: bbox" in out and "outside" in out
+    assert out.strip().endswith("categories") and "2 problem(s)" in out
+
+
+def test_make_subset_by_category_with_copies(shapes, tmp_path, capsys):
+    subset = load_script("make_subset")
+    out = tmp_path / "sub" / "anno.json"
+    code = subset.main([str(shapes / "instances_train.json"), str(out), "--num", "3",
+                        "--categories", "star,1", "--images", str(shapes / "train"),
+                        "--copy-to", str(tmp_path / "sub" / "images")])
+    assert code == 0 and "wrote" in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert [c["name"] for c in data["categories"]] == ["circle", "star"]  # ids kept: 1, 4
+    assert len(data["images"]) == 3 and {a["category_id"] for a in data["annotations"]} <= {1, 4}
+    assert {a["image_id"] for a in data["annotations"]} == {im["id"] for im in data["images"]}
+    for im in data["images"]:
+        copied = tmp_path / "sub" / "images" / im["file_name"]
+        assert copied.is_file() and not copied.is_symlink()
+    from mrtdetr_lib.data.check import check_dataset
+    assert check_dataset(str(out), str(tmp_path / "sub" / "images")).ok
+
+
+def test_make_subset_links_random_images_and_rejects_unknown_categories(shapes, tmp_path,
+                                                                        capsys):
+    subset = load_script("make_subset")
+    data = json.loads((shapes / "instances_train.json").read_text())
+    a, b = subset.make_subset(data, 5, seed=0), subset.make_subset(data, 5, seed=1)
+    assert len(a["images"]) == 5 and a["images"] != b["images"]
+    assert subset.make_subset(data, 5, seed=0) == a and len(a["categories"]) == 4
+    code = subset.main([str(shapes / "instances_train.json"), str(tmp_path / "s.json"),
+                        "--num", "2", "--images", str(shapes / "train"),
+                        "--link-to", str(tmp_path / "links")])
+    assert code == 0 and all(p.is_symlink() for p in (tmp_path / "links").iterdir())
+    code = subset.main([str(shapes / "instances_train.json"), str(tmp_path / "s.json"),
+                        "--num", "2", "--categories", "hexagon"])
+    assert code == 2 and "unknown categories ['hexagon']" in capsys.readouterr().err
+
+
+def test_make_subset_reports_fewer_images_than_asked(shapes, tmp_path, capsys):
+    subset = load_script("make_subset")
+    assert subset.main([str(shapes / "instances_val.json"), str(tmp_path / "s.json"),
+                        "--num", "100"]) == 0
+    assert "(only 4 images show them)" in capsys.readouterr().out
+
+
+def test_corrupt_images_found_by_the_checker_fail_the_loader_clearly(shapes, tmp_path):
+    """The checker and the loader agree on a corrupt file."""
+    import shutil
+
+    from mrtdetr_lib.data.check import check_dataset
+    root = tmp_path / "copy"
+    shutil.copytree(shapes, root)
+    cv2.imwrite(str(root / "val" / "000000.jpg"), np.zeros((10, 10, 3), np.uint8))  # wrong size
+    (root / "val" / "000003.jpg").write_bytes(b"")
+    report = check_dataset(str(root / "instances_val.json"), str(root / "val"))
+    text = str(report)
+    assert "000000.jpg: image id 1: image is 10x10 (w x h) but the json says 96x96" in text
+    assert "000003.jpg: image id 4: image file cannot be decoded" in text
