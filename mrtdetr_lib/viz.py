@@ -48,9 +48,28 @@ def draw_instances(image: np.ndarray, instances: Dict[str, Any],
     return canvas
 
 
+def draw_sample(sample: Dict[str, Any], class_names: Optional[Sequence[str]] = None,
+                normalized: bool = False) -> np.ndarray:
+    """A data sample's image ([H,W,3] or [3,H,W]) with its targets drawn; `normalized`: the
+    boxes are cx,cy,w,h in 0..1 (after NormalizeBox + BboxXYXY2XYWH), else x1,y1,x2,y2 pixels."""
+    image = np.asarray(sample["image"])
+    if image.ndim == 3 and image.shape[0] == 3 and image.shape[-1] != 3:
+        image = image.transpose(1, 2, 0)  # after Permute
+    if image.dtype != np.uint8 and image.max() > 1.5:  # float 0..255 (before NormalizeImage)
+        image = image / 255.0
+    boxes = np.asarray(sample["gt_bbox"], np.float32).reshape(-1, 4)
+    if normalized:
+        h, w = image.shape[:2]
+        center, size = boxes[:, :2] * [w, h], boxes[:, 2:] * [w, h]
+        boxes = np.concatenate([center - size / 2, center + size / 2], 1)
+    instances = {"boxes": boxes, "labels": np.asarray(sample["gt_class"]).reshape(-1),
+                 "masks": sample.get("gt_segm")}
+    return draw_instances(image, instances, class_names)
+
+
 def show_images(images: Sequence[np.ndarray], titles: Optional[Sequence[str]] = None,
-                ncols: int = 4, size: float = 3.0) -> Any:
-    """Show RGB images in a matplotlib grid (titles under each); returns the figure."""
+                ncols: int = 4, size: float = 3.0) -> None:
+    """Show RGB images in a matplotlib grid, a title above each (plt.show: nothing returned)."""
     import matplotlib.pyplot as plt
 
     nrows = (len(images) + ncols - 1) // ncols
@@ -63,4 +82,4 @@ def show_images(images: Sequence[np.ndarray], titles: Optional[Sequence[str]] = 
             if titles is not None:
                 ax.set_title(titles[k], fontsize=9)
     fig.tight_layout()
-    return fig
+    plt.show()
