@@ -2,9 +2,10 @@
 
 Mirrors PaddleDetection's `COCODataSet` (`ppdet/data/source/coco.py`) as the Mask RT-DETR configs
 use it: crowd regions and `ignore`d or degenerate boxes are left out of the targets, images left
-with no object are skipped unless `allow_empty`, and COCO's category ids are mapped to contiguous
-labels 0..K-1 (`cat_ids[label]` maps back when results are written). A sample is a dict that the
-transforms (transforms.py) turn into model inputs; the collate function (loader.py) batches them.
+with no object are skipped unless `allow_empty` (for evaluation too, as ppdet's EvalDataset), and
+COCO's category ids are mapped to contiguous labels 0..K-1 (`cat_ids[label]` maps back when
+results are written). A sample is a dict that the transforms (transforms.py) turn into model
+inputs; the collate function (loader.py) batches them.
 """
 
 import contextlib
