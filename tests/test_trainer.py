@@ -33,6 +33,8 @@ TOY = textwrap.dedent('''
     class ToyData(paddle.io.Dataset):
         """10 samples with a random "augmentation" seeded by the key (index, seed)."""
 
+        collate_fn = None  # paddle's default
+
         def __len__(self):
             return 10
 

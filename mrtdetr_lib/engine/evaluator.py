@@ -145,8 +145,8 @@ def evaluate(model: paddle.nn.Layer, data: Any, output_dir: Optional[str] = None
     """COCO AP of a library model on a data set (one with `coco` and `cat_ids`) or its loader."""
     loader = data
     if not hasattr(data, "batch_sampler"):  # a data set: evaluate it one image at a time
-        loader = paddle.io.DataLoader(data, batch_size=1, shuffle=False,
-                                      collate_fn=getattr(data, "collate_fn", None))
+        from ..data import LoaderWithErrors
+        loader = LoaderWithErrors(data, paddle.io.BatchSampler(data, batch_size=1))
     dataset = getattr(loader, "dataset", data)
     was_training = model.training
     model.eval()

@@ -407,9 +407,8 @@ def _set_exact(model: nn.Layer, state: Dict[str, Any], path: str) -> None:
 
 
 def _loader(dataset: Any, sampler: EpochBatchSampler, num_workers: int):
-    return paddle.io.DataLoader(dataset, batch_sampler=sampler,
-                                collate_fn=getattr(dataset, "collate_fn", None),
-                                num_workers=num_workers)
+    from ..data import LoaderWithErrors  # a failing sample raises its error instead of hanging
+    return LoaderWithErrors(dataset, sampler, num_workers)
 
 
 def _build_model(cfg: Config) -> nn.Layer:
