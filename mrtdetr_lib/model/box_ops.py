@@ -55,3 +55,32 @@ def mask_to_box_coordinate(masks: paddle.Tensor, normalize: bool = False,
     if normalize:
         boxes = boxes / paddle.to_tensor([w, h, w, h], dtype="float32")
     return boxes if format == "xyxy" else box_xyxy_to_cxcywh(boxes)
+
+
+def box_iou(boxes1_xyxy: paddle.Tensor, boxes2_xyxy: paddle.Tensor,
+            eps: float = 1e-9) -> paddle.Tensor:
+    """Elementwise (broadcast) IoU of [..., 4] xyxy boxes -> [..., 1]; negative areas count 0."""
+    x1, y1, x2, y2 = paddle.split(boxes1_xyxy, 4, axis=-1)
+    gx1, gy1, gx2, gy2 = paddle.split(boxes2_xyxy, 4, axis=-1)
+    overlap = ((paddle.minimum(x2, gx2) - paddle.maximum(x1, gx1)).clip(0)
+               * (paddle.minimum(y2, gy2) - paddle.maximum(y1, gy1)).clip(0))
+    area1 = ((x2 - x1) * (y2 - y1)).clip(0)
+    area2 = ((gx2 - gx1) * (gy2 - gy1)).clip(0)
+    return overlap / (area1 + area2 - overlap + eps)
+
+
+def generalized_box_iou(boxes1_xyxy: paddle.Tensor, boxes2_xyxy: paddle.Tensor,
+                        eps: float = 1e-10) -> paddle.Tensor:
+    """Elementwise (broadcast) GIoU of [..., 4] xyxy boxes -> [..., 1] in [-1, 1].
+
+    GIoU = IoU - (enclosing area - union) / enclosing area (Rezatofighi et al. 2019); it still
+    has a gradient when boxes do not overlap, which is why DETR uses 1 - GIoU as a loss.
+    """
+    x1, y1, x2, y2 = paddle.split(boxes1_xyxy, 4, axis=-1)
+    gx1, gy1, gx2, gy2 = paddle.split(boxes2_xyxy, 4, axis=-1)
+    overlap = ((paddle.minimum(x2, gx2) - paddle.maximum(x1, gx1)).clip(0)
+               * (paddle.minimum(y2, gy2) - paddle.maximum(y1, gy1)).clip(0))
+    union = (x2 - x1) * (y2 - y1) + (gx2 - gx1) * (gy2 - gy1) - overlap + eps
+    enclosing = ((paddle.maximum(x2, gx2) - paddle.minimum(x1, gx1))
+                 * (paddle.maximum(y2, gy2) - paddle.minimum(y1, gy1)) + eps)
+    return overlap / union - (enclosing - union) / enclosing

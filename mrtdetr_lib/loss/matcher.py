@@ -1,0 +1,107 @@
+"""HungarianMatcher: the one-to-one assignment of predictions to ground-truth objects.
+
+DETR (Carion et al. 2020, sec. 3.1) trains a set predictor: every ground-truth object is paired
+with exactly one query by minimising a matching cost, and the loss is computed on those pairs.
+Mask RT-DETR's cost adds mask terms to DETR's: focal class cost, L1 and GIoU on boxes, and
+binary cross-entropy and dice on masks sampled at shared random points.
+Mirrors `ppdet/modeling/transformers/matchers.py`.
+"""
+
+from typing import Dict, List, Tuple
+
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+
+from ..model.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
+
+MatchIndices = List[Tuple[paddle.Tensor, paddle.Tensor]]  # per image: (query idx, gt idx)
+
+
+def focal_class_cost(probs: paddle.Tensor, alpha: float, gamma: float) -> paddle.Tensor:
+    """Focal loss of predicting the class minus that of not predicting it: [..] -> [..]."""
+    neg = (1 - alpha) * probs ** gamma * -(1 - probs + 1e-8).log()
+    pos = alpha * (1 - probs) ** gamma * -(probs + 1e-8).log()
+    return pos - neg
+
+
+def point_mask_costs(mask_logits: paddle.Tensor, gt_masks: paddle.Tensor,
+                     num_points: int) -> Tuple[paddle.Tensor, paddle.Tensor]:
+    """BCE and dice costs of mask logits [M, S] against gt masks [N, S] (S points) -> [M, N]."""
+    pos = F.binary_cross_entropy_with_logits(mask_logits, paddle.ones_like(mask_logits),
+                                             reduction="none")
+    neg = F.binary_cross_entropy_with_logits(mask_logits, paddle.zeros_like(mask_logits),
+                                             reduction="none")
+    # BCE summed over points, for every (prediction, gt) pair at once, as two matmuls.
+    cost_mask = (paddle.matmul(pos, gt_masks, transpose_y=True)
+                 + paddle.matmul(neg, 1 - gt_masks, transpose_y=True)) / num_points
+    probs = F.sigmoid(mask_logits)
+    numerator = 2 * paddle.matmul(probs, gt_masks, transpose_y=True)
+    denominator = probs.sum(-1, keepdim=True) + gt_masks.sum(-1).unsqueeze(0)
+    cost_dice = 1 - (numerator + 1) / (denominator + 1)
+    return cost_mask, cost_dice
+
+
+class HungarianMatcher(nn.Layer):
+    """Minimum-cost matching of B images' Q predictions to their ground truth (no weights)."""
+
+    def __init__(self, matcher_coeff: Dict[str, float] = None, num_sample_points: int = 12544,
+                 alpha: float = 0.25, gamma: float = 2.0):
+        super().__init__()
+        self.matcher_coeff = matcher_coeff or {"class": 4, "bbox": 5, "giou": 2, "mask": 5,
+                                               "dice": 5}
+        self.num_sample_points = num_sample_points
+        self.alpha, self.gamma = alpha, gamma
+
+    @paddle.no_grad()
+    def forward(self, boxes: paddle.Tensor, logits: paddle.Tensor, masks: paddle.Tensor,
+                gt_bbox: List[paddle.Tensor], gt_class: List[paddle.Tensor],
+                gt_mask: List[paddle.Tensor]) -> MatchIndices:
+        """boxes [B, Q, 4] cxcywh, logits [B, Q, K], masks [B, Q, h, w] logits; per image
+        gt_bbox [n, 4], gt_class [n, 1], gt_mask [n, H, W] float -> B (query idx, gt idx)."""
+        batch, num_queries = boxes.shape[:2]
+        num_gts = [len(c) for c in gt_class]
+        empty = paddle.zeros([0], dtype="int64")
+        if sum(num_gts) == 0:
+            return [(empty, empty) for _ in range(batch)]
+        cost = self._cost_matrix(boxes, logits, masks, gt_bbox, gt_class, gt_mask, num_gts)
+        cost = cost.reshape([batch, num_queries, -1]).numpy()  # [B, Q, N all images' gts]
+        starts = [sum(num_gts[:i]) for i in range(batch)]
+        indices = []
+        for i, (start, count) in enumerate(zip(starts, num_gts)):
+            if count == 0:
+                indices.append((empty, empty))
+                continue
+            rows, cols = linear_sum_assignment(cost[i, :, start:start + count])
+            indices.append((paddle.to_tensor(rows, dtype="int64"),
+                            paddle.to_tensor(cols, dtype="int64")))
+        return indices
+
+    def _cost_matrix(self, boxes, logits, masks, gt_bbox, gt_class, gt_mask,
+                     num_gts) -> paddle.Tensor:
+        """The weighted cost of every prediction of the batch against every gt: [B*Q, N]."""
+        coeff = self.matcher_coeff
+        probs = F.sigmoid(logits.flatten(0, 1))  # [B*Q, K]
+        pred_boxes = boxes.flatten(0, 1)  # [B*Q, 4]
+        target_ids = paddle.concat(gt_class).flatten().astype("int64")  # [N]
+        target_boxes = paddle.concat(gt_bbox)  # [N, 4]
+
+        cost_class = focal_class_cost(paddle.gather(probs, target_ids, axis=1), self.alpha,
+                                      self.gamma)
+        cost_bbox = (pred_boxes.unsqueeze(1) - target_boxes.unsqueeze(0)).abs().sum(-1)
+        giou = generalized_box_iou(box_cxcywh_to_xyxy(pred_boxes.unsqueeze(1)),
+                                   box_cxcywh_to_xyxy(target_boxes.unsqueeze(0))).squeeze(-1)
+        cost = (coeff["class"] * cost_class + coeff["bbox"] * cost_bbox
+                + coeff["giou"] * ((1 - giou) - 1))  # ppdet: GIoU loss - 1
+
+        # All queries of an image share one set of random points (cheap: no per-pair sampling).
+        points = 2.0 * paddle.rand([len(num_gts), 1, self.num_sample_points, 2]) - 1.0
+        pred_points = F.grid_sample(masks, points, align_corners=False)  # [B, Q, 1, S]
+        pred_points = pred_points.squeeze(-2).flatten(0, 1)  # [B*Q, S]
+        gt_points = paddle.concat([pts.tile([n, 1, 1, 1]) for pts, n in zip(points, num_gts)
+                                   if n > 0])  # [N, 1, S, 2]: each gt uses its image's points
+        target = F.grid_sample(paddle.concat(gt_mask).unsqueeze(1), gt_points,
+                               align_corners=False).squeeze([1, 2])  # [N, S]
+        cost_mask, cost_dice = point_mask_costs(pred_points, target, self.num_sample_points)
+        return cost + coeff["mask"] * cost_mask + coeff["dice"] * cost_dice
