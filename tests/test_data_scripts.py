@@ -109,3 +109,134 @@ def test_corrupt_images_found_by_the_checker_fail_the_loader_clearly(shapes, tmp
     text = str(report)
     assert "000000.jpg: image id 1: image is 10x10 (w x h) but the json says 96x96" in text
     assert "000003.jpg: image id 4: image file cannot be decoded" in text
+
+
+# ---------------------------------------------------------------- download_coco (local server)
+class _Server:
+    """A 127.0.0.1 HTTP server (thread) with Range support that can cut its first response."""
+
+    def __init__(self, files):
+        import http.server
+        import threading
+
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep pytest output clean
+                pass
+
+            def do_GET(self):
+                data = server.files.get(self.path)
+                if data is None:
+                    self.send_error(404)
+                    return
+                start = 0
+                if self.headers.get("Range", "").startswith("bytes="):
+                    start = int(self.headers["Range"][6:].split("-")[0])
+                    server.ranges.append(start)
+                self.send_response(206 if start else 200)
+                self.send_header("Content-Length", str(len(data) - start))
+                self.send_header("Accept-Ranges", "bytes")
+                if start:
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.end_headers()
+                body = data[start:]
+                if server.cut_next:  # an interrupted transfer: half the body, then hang up
+                    server.cut_next = False
+                    self.wfile.write(body[:len(body) // 2])
+                    self.wfile.flush()
+                    self.connection.shutdown(2)
+                    return
+                self.wfile.write(body)
+
+        self.files, self.ranges, self.cut_next = files, [], False
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _tiny_coco_zip():
+    """Bytes of a zip shaped like annotations_trainval2017.zip, with some bulk to resume."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("annotations/instances_val2017.json",
+                         json.dumps({"images": [], "annotations": [], "categories": []}))
+        archive.writestr("annotations/padding.bin", np.random.default_rng(0).bytes(200_000))
+    return buffer.getvalue()
+
+
+@pytest.fixture()
+def coco_server():
+    data = _tiny_coco_zip()
+    server = _Server({"/annotations/tiny.zip": data})
+    yield server, data
+    server.close()
+
+
+def _archives(data, md5=None):
+    import hashlib
+
+    script = load_script("download_coco")
+    md5 = md5 or hashlib.md5(data).hexdigest()
+    return script, {"annotations": script.Archive("annotations/tiny.zip", len(data), md5,
+                                                  "annotations")}
+
+
+def test_download_coco_fetches_checks_and_unpacks(coco_server, tmp_path, capsys):
+    server, data = coco_server
+    script, archives = _archives(data)
+    folders = script.download_coco(str(tmp_path), ["annotations"], server.url, archives,
+                                   progress=False)
+    assert folders == [str(tmp_path / "annotations")]
+    assert json.loads((tmp_path / "annotations" / "instances_val2017.json").read_text()) == {
+        "images": [], "annotations": [], "categories": []}
+    assert not (tmp_path / "tiny.zip").exists()  # removed after unpacking
+    assert "annotations: ready in" in capsys.readouterr().out
+    script.download_coco(str(tmp_path), ["annotations"], server.url, archives, progress=False)
+    assert "already in" in capsys.readouterr().out
+
+
+def test_download_coco_resumes_an_interrupted_download(coco_server, tmp_path):
+    server, data = coco_server
+    script, archives = _archives(data)
+    server.cut_next = True
+    with pytest.raises(OSError, match="run again to resume"):
+        script.download_coco(str(tmp_path), ["annotations"], server.url, archives,
+                             progress=False)
+    assert not (tmp_path / ".annotations.done").exists()
+    script.download_coco(str(tmp_path), ["annotations"], server.url, archives, progress=False,
+                         keep_zips=True)
+    assert server.ranges and 0 < server.ranges[-1] < len(data)  # continued, not restarted
+    assert (tmp_path / "tiny.zip").read_bytes() == data
+    assert (tmp_path / "annotations" / "padding.bin").stat().st_size == 200_000
+
+
+def test_download_coco_rejects_a_checksum_mismatch(coco_server, tmp_path, capsys):
+    server, data = coco_server
+    script, archives = _archives(data, md5="0" * 32)
+    with pytest.raises(OSError, match="md5 mismatch"):
+        script.download_coco(str(tmp_path), ["annotations"], server.url, archives,
+                             progress=False)
+    assert not (tmp_path / "annotations").exists() and not (tmp_path / "tiny.zip").exists()
+
+
+def test_download_coco_cli_errors_are_one_line(coco_server, tmp_path, capsys):
+    server, _ = coco_server
+    script = load_script("download_coco")
+    with pytest.raises(SystemExit):
+        script.main(["--only", "test2017"])
+    assert "invalid choice" in capsys.readouterr().err
+    # the local server has no val2017.zip (or the disk is too small for it): one clear line
+    assert script.main(["--dest", str(tmp_path), "--only", "val", "--base-url", server.url]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and ("HTTP 404" in err or "free in" in err)
+    assert sorted(script.ARCHIVES) == ["annotations", "train", "val"]
+    assert script.ARCHIVES["val"].md5 == "442b8da7639aecaf257c1dceb8ba8c80"
