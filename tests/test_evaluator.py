@@ -91,6 +91,14 @@ def test_half_recall_has_hand_computed_ap(gt_file):
     assert result["stats"][0] == pytest.approx((67 / 101 + 1) / 2)
 
 
+def test_only_the_evaluated_images_are_scored(gt_file):
+    ev = COCOEvaluator(gt_file)
+    ev.update([2], _outputs(OBJECTS[2]))  # image 1 (a circle and a square) is not evaluated
+    result = ev.accumulate()["bbox"]
+    assert result["stats"][0] == pytest.approx(1.0)
+    assert np.isnan(result["per_class_ap"]["square"])  # no square among the scored images
+
+
 def test_no_detections_is_zero_not_an_error(gt_file):
     ev = COCOEvaluator(gt_file)
     empty = {"bbox": np.zeros((0, 6), np.float32), "bbox_num": np.array([0]),

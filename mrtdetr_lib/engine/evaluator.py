@@ -66,11 +66,13 @@ class COCOEvaluator:
         self.cat_ids = list(cat_ids) if cat_ids is not None else sorted(coco_gt.getCatIds())
         self.iou_types = tuple(iou_types)
         self.results: Dict[str, List[dict]] = {key: [] for key in self.iou_types}
+        self.image_ids: set = set()  # only these are scored (a subset: max_images, quick runs)
 
     def update(self, im_ids: Sequence[int], outputs: Dict[str, Any]) -> None:
         """Add the eval outputs of one batch whose images have COCO ids `im_ids`."""
-        batch = to_coco_results(outputs, [int(i) for i in _numpy(im_ids).reshape(-1)],
-                                self.cat_ids)
+        im_ids = [int(i) for i in _numpy(im_ids).reshape(-1)]
+        self.image_ids.update(im_ids)
+        batch = to_coco_results(outputs, im_ids, self.cat_ids)
         for key in self.iou_types:
             self.results[key] += batch[key]
 
@@ -98,6 +100,7 @@ class COCOEvaluator:
             # loadRes adds keys (area, id) to the dicts it gets: give it copies
             detections = self.coco_gt.loadRes([dict(r) for r in self.results[key]])
             coco_eval = COCOeval(self.coco_gt, detections, IOU_TYPES[key])
+            coco_eval.params.imgIds = sorted(self.image_ids)
             coco_eval.evaluate()
             coco_eval.accumulate()
             coco_eval.summarize()
