@@ -82,6 +82,8 @@ def test_deterministic_and_idempotent(shapes, tmp_path):
     assert make_shapes(str(other), num_train=40, num_val=5, image_size=SIZE, seed=1,
                        progress=False)  # other parameters: rebuilt, and different
     assert _load(other) != _load(shapes)
+    make_shapes(str(other), num_train=10, num_val=5, image_size=SIZE, progress=False)
+    assert sorted(p.name for p in (other / "train").iterdir())[-1] == "000009.jpg"
 
 
 def test_loads_as_a_four_class_data_set(shapes):

@@ -145,6 +145,10 @@ def make_shapes(out_dir: str = "dataset/shapes", num_train: Optional[int] = None
                            "height": image_size})
             annotations += [{"id": len(annotations) + k + 1, "image_id": i + 1, **obj}
                             for k, obj in enumerate(objects)]
+        stale = count  # images of an earlier, larger build: not listed, so remove them
+        while os.path.isfile(os.path.join(out_dir, split, f"{stale:06d}.jpg")):
+            os.remove(os.path.join(out_dir, split, f"{stale:06d}.jpg"))
+            stale += 1
         data = {"info": {"description": "mrtdetr synthetic shapes", "params": params},
                 "images": images, "annotations": annotations, "categories": categories}
         path = os.path.join(out_dir, f"instances_{split}.json")
