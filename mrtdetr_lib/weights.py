@@ -1,0 +1,172 @@
+"""Official weights: where they live, how to fetch them, and strict loading with a clear report.
+
+The official PaddleDetection `.pdparams` load unchanged: our parameter names and shapes are
+theirs. A `.pdparams` file is a pickle, and unpickling runs code; `pdparams_to_safetensors`
+converts one once, after which `load_pretrained` reads the safetensors file (plain arrays).
+"""
+
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, NamedTuple, Union
+
+import numpy as np
+import paddle
+
+from .download import cache_dir, download
+
+
+class Official(NamedTuple):
+    url: str
+    box_ap: float  # COCO val2017, as published in configs/mask_rtdetr/README.md
+    mask_ap: float
+
+
+_BASE = "https://paddledet.bj.bcebos.com/models/mask_rtdetr_hgnetv2_{}_6x_coco.pdparams"
+OFFICIAL: Dict[str, Official] = {
+    "s": Official(_BASE.format("s"), 46.1, 41.0),
+    "m": Official(_BASE.format("m"), 47.6, 42.7),
+    "l": Official(_BASE.format("l"), 51.2, 45.7),
+    "x": Official(_BASE.format("x"), 53.1, 47.5),
+    "h": Official(_BASE.format("h"), 57.4, 50.6),
+}
+# ImageNet (SSLD) PP-HGNetV2 backbones that PaddleDetection starts the COCO training from.
+_CLAS = "https://paddle-imagenet-models-name.bj.bcebos.com/dygraph/legendary_models/"
+_DET = "https://bj.bcebos.com/v1/paddledet/models/pretrained/"
+PRETRAINED_BACKBONES: Dict[str, str] = {
+    "s": _CLAS + "PPHGNetV2_B1_ssld_stage1_pretrained.pdparams",
+    "m": _CLAS + "PPHGNetV2_B2_ssld_stage1_pretrained.pdparams",
+    "l": _DET + "PPHGNetV2_L_ssld_pretrained.pdparams",
+    "x": _CLAS + "PPHGNetV2_B5_ssld_stage1_pretrained.pdparams",
+    "h": _DET + "PPHGNetV2_H_ssld_pretrained.pdparams",
+}
+# Tensors whose shape follows num_classes: skipped when fine-tuning on other classes.
+CLASS_DEPENDENT = ("transformer.score_head.weight", "transformer.score_head.bias",
+                   "transformer.denoising_class_embed.weight")
+
+
+class WeightsMismatchError(ValueError):
+    """A weights file does not fit the model; the message lists every difference."""
+
+
+@dataclass
+class LoadReport:
+    source: str
+    loaded: int = 0
+    skipped: List[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        text = f"loaded {self.loaded} tensors from {self.source}"
+        return text + (f", skipped {', '.join(self.skipped)}" if self.skipped else "")
+
+
+def resolve(path_or_url: str, progress: bool = True) -> Path:
+    """A local file for a path, a URL (downloaded once into the cache) or an official name
+    ("l" or "mask_rtdetr_hgnetv2_l_6x_coco")."""
+    name = str(path_or_url).lower().removesuffix(".pdparams")
+    for arch, official in OFFICIAL.items():
+        if name in (arch, f"mask_rtdetr_hgnetv2_{arch}_6x_coco"):
+            path_or_url = official.url
+    text = str(path_or_url)
+    if text.startswith(("http://", "https://", "file://")):
+        return download(text, cache_dir() / text.rstrip("/").rsplit("/", 1)[-1], progress=progress)
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path} (give a path, a URL or one of "
+                                f"{', '.join(OFFICIAL)})")
+    return path
+
+
+def read_state_dict(path: Union[str, Path]) -> Dict[str, np.ndarray]:
+    """{name: array} from a .safetensors file (no pickle) or a .pdparams file (a pickle)."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        state = paddle.load(str(path), return_numpy=True)
+    except (OSError, ValueError, EOFError, RuntimeError, pickle.UnpicklingError,
+            SafetensorError) as err:
+        raise IOError(f"cannot read weights file {path}: {err} (truncated or not a weights "
+                      "file? delete it and download again)") from None
+    if not isinstance(state, dict):
+        raise IOError(f"{path} does not hold a state dict (got {type(state).__name__})")
+    return {k: np.asarray(v) for k, v in state.items()}
+
+
+def _listing(items: List[str], limit: int = 12) -> str:
+    more = f" ... and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def compare(model_state: Dict[str, paddle.Tensor], loaded: Dict[str, np.ndarray]):
+    """(missing, unexpected, mis-shaped) keys of a loaded state dict against a model's."""
+    missing = [k for k in model_state if k not in loaded]
+    unexpected = [k for k in loaded if k not in model_state]
+    shapes = [(k, list(loaded[k].shape), list(t.shape)) for k, t in model_state.items()
+              if k in loaded and list(loaded[k].shape) != list(t.shape)]
+    return missing, unexpected, shapes
+
+
+def load_pretrained(model: paddle.nn.Layer, path_or_url: str, strict: bool = True,
+                    skip_mismatch_classes: bool = False, progress: bool = True) -> LoadReport:
+    """Load weights into `model`; any missing, unexpected or mis-shaped key raises one error
+    that lists them all. `skip_mismatch_classes` keeps the model's own class-dependent tensors
+    when their shape differs (fine-tuning a COCO model on other classes)."""
+    path = resolve(path_or_url, progress)
+    loaded = read_state_dict(path)
+    model_state = model.state_dict()
+    missing, unexpected, shapes = compare(model_state, loaded)
+    report = LoadReport(str(path))
+    if skip_mismatch_classes:
+        report.skipped = [k for k, _, _ in shapes if k in CLASS_DEPENDENT]
+        shapes = [s for s in shapes if s[0] not in CLASS_DEPENDENT]
+    problems = []
+    if shapes:
+        shapes_text = [f"{k} file {a} model {b}" for k, a, b in shapes]
+        problems.append(f"mis-shaped ({len(shapes)}): {_listing(shapes_text)}")
+    if strict and missing:
+        problems.append(f"missing from the file ({len(missing)}): {_listing(missing)}")
+    if strict and unexpected:
+        problems.append(f"unexpected in the file ({len(unexpected)}): {_listing(unexpected)}")
+    if problems:
+        hint = (" (another num_classes? pass skip_mismatch_classes=True)"
+                if any(k in CLASS_DEPENDENT for k, _, _ in shapes) else "")
+        raise WeightsMismatchError(f"{path} does not fit the model{hint}:\n  "
+                                   + "\n  ".join(problems))
+    keep = {k: v for k, v in loaded.items() if k in model_state and k not in report.skipped}
+    model.set_state_dict({k: paddle.to_tensor(v) for k, v in keep.items()})
+    report.loaded = len(keep)
+    return report
+
+
+def load_backbone(model: paddle.nn.Layer, path_or_url: str, progress: bool = True) -> LoadReport:
+    """Start training from an ImageNet PP-HGNetV2 (PRETRAINED_BACKBONES): every backbone
+    tensor must be in the file; the classifier's extra tensors are ignored."""
+    path = resolve(PRETRAINED_BACKBONES.get(str(path_or_url).lower(), path_or_url), progress)
+    loaded = read_state_dict(path)
+    loaded = {k.removeprefix("backbone."): v for k, v in loaded.items()}
+    missing, _, shapes = compare(model.backbone.state_dict(), loaded)
+    if missing or shapes:
+        raise WeightsMismatchError(
+            f"{path} is not a backbone of this model: missing ({len(missing)}): "
+            f"{_listing(missing)}; mis-shaped: {_listing([k for k, _, _ in shapes])}")
+    keep = {k: paddle.to_tensor(loaded[k]) for k in model.backbone.state_dict()}
+    model.backbone.set_state_dict(keep)
+    return LoadReport(str(path), loaded=len(keep))
+
+
+def pdparams_to_safetensors(src: Union[str, Path], dst: Union[str, Path]) -> Path:
+    """Convert a .pdparams (pickle) to .safetensors (plain tensors, safe to load)."""
+    from safetensors.numpy import save_file
+    state = {k: np.ascontiguousarray(v) for k, v in read_state_dict(src).items()}
+    save_file(state, str(dst))
+    return Path(dst)
+
+
+def safetensors_to_pdparams(src: Union[str, Path], dst: Union[str, Path]) -> Path:
+    """Convert a .safetensors file back to a .pdparams that PaddleDetection reads."""
+    paddle.save(read_state_dict(src), str(dst))
+    return Path(dst)
