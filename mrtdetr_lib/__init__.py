@@ -14,6 +14,8 @@ import warnings
 os.environ.setdefault("GLOG_minloglevel", "2")
 os.environ.setdefault("POLYGRAPHY_AUTOINSTALL_DEPS", "0")
 warnings.filterwarnings("ignore", message="No ccache found")
+# paddle says this for every BatchNorm in train mode, frozen ones included: noise, not news
+warnings.filterwarnings("ignore", message="When training, we now always track global mean")
 
 import paddle  # noqa: E402
 

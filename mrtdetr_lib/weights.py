@@ -136,8 +136,9 @@ def load_pretrained(model: paddle.nn.Layer, path_or_url: str, strict: bool = Tru
                 if any(k in CLASS_DEPENDENT for k, _, _ in shapes) else "")
         raise WeightsMismatchError(f"{path} does not fit the model{hint}:\n  "
                                    + "\n  ".join(problems))
-    keep = {k: v for k, v in loaded.items() if k in model_state and k not in report.skipped}
-    model.set_state_dict({k: paddle.to_tensor(v) for k, v in keep.items()})
+    keep = [k for k in model_state if k in loaded and k not in report.skipped]
+    for name in keep:  # in place: the skipped class tensors keep their fresh values
+        model_state[name].set_value(paddle.to_tensor(loaded[name], dtype=model_state[name].dtype))
     report.loaded = len(keep)
     return report
 
