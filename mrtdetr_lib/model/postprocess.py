@@ -48,13 +48,15 @@ class DETRPostProcess(nn.Layer):
         for i in range(batch):
             resized = F.interpolate(masks[i:i + 1], size=[size[i, 0], size[i, 1]],
                                     mode="bilinear", align_corners=False)[0]  # [k, h0, w0]
-            if batch > 1:  # pad to the largest image of the batch, below the threshold
+            binary = (resized > self.logit_threshold).astype("float32")
+            if batch > 1:  # zeros up to the largest image of the batch
                 pad = paddle.stack([paddle.zeros([], "int32"), size[:, 1].max() - size[i, 1],
                                     paddle.zeros([], "int32"), size[:, 0].max() - size[i, 0]])
-                resized = F.pad(resized.unsqueeze(0), pad, value=self.logit_threshold - 1)[0]
-            out.append(resized)
+                # pad the 0/1 masks with the default 0: paddle2onnx loses a custom pad value
+                binary = F.pad(binary.unsqueeze(0), pad)[0]
+            out.append(binary)
         masks = out[0] if batch == 1 else paddle.concat(out)  # [B*k, H0, W0]
-        return (masks > self.logit_threshold).astype("int32")
+        return masks.astype("int32")
 
     def forward(self, boxes: paddle.Tensor, logits: paddle.Tensor, masks: paddle.Tensor,
                 im_shape: paddle.Tensor, scale_factor: paddle.Tensor) -> Dict[str, paddle.Tensor]:
