@@ -1,8 +1,9 @@
-"""`mrtdetr train|eval|infer` with PaddleDetection's tools/*.py flags (or `python -m mrtdetr_lib`).
+"""`mrtdetr train|eval|infer|export`: PaddleDetection's tools/*.py flags (`python -m mrtdetr_lib`).
 
     mrtdetr train -c configs/tiny_shapes.yml --eval [-r output/tiny_shapes/last.pdckpt] [--amp]
     mrtdetr eval  -c configs/tiny_shapes.yml -o weights=output/tiny_shapes/best_model.pdparams
     mrtdetr infer -c configs/tiny_shapes.yml -o weights=... --infer_img a.jpg --draw_threshold 0.5
+    mrtdetr export -c configs/tiny_shapes.yml -o weights=... trt=True
 
 `-c` takes a YAML config (or a preset name: s m l x h tiny); `-o key=value` overrides any config
 field (`section.key=value` when a key is ambiguous). Several processes (GPUs):
@@ -125,11 +126,44 @@ def _infer(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
-# name -> (add arguments, run). The deployment helper adds "export" and "bench" here.
+# ---------------------------------------------------------------- export
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch", type=int, default=1, help="batch size of the exported model")
+    p.add_argument("--trt", action="store_true",
+                   help="the seed's trt=True: im_shape/scale_factor baked in, simplified ONNX, "
+                        "and a TensorRT FP16 engine when a GPU and tensorrt are present")
+
+
+def _export(args: argparse.Namespace, cfg: Config) -> int:
+    from .export import build_trt_engine, export_onnx, tensorrt_available
+
+    model = _model_with_weights(cfg, "export")
+    out_dir = args.output_dir or "exports"
+    name = f"mask_rtdetr_{cfg.model.arch.lower()}"
+    onnx_path = export_onnx(model, out_dir, name, args.batch, bake=args.trt)
+    print(f"paddle inference model: {os.path.join(out_dir, f'{name}_b{args.batch}_paddle')}")
+    print(f"onnx (opset 16, simplified{', inputs baked' if args.trt else ''}): {onnx_path}")
+    if args.trt:
+        reason = tensorrt_available()
+        if reason:
+            print(f"tensorrt engine skipped: {reason}")
+        else:
+            print(f"tensorrt fp16 engine: {build_trt_engine(onnx_path, fp16=True)}")
+    return 0
+
+
+def _trt_option(argv: List[str]) -> List[str]:
+    """PaddleDetection spells the flag `-o trt=True`: accept that too."""
+    return ["--trt" if a.lower() in ("trt=true", "trt=1") else a for a in argv]
+
+
+# name -> (help, add arguments, run).
 COMMANDS: Dict[str, Tuple[str, Callable, Callable]] = {
     "train": ("train a model (tools/train.py)", _train_args, _train),
     "eval": ("COCO box and mask AP of trained weights (tools/eval.py)", _eval_args, _eval),
     "infer": ("draw predicted instances on images (tools/infer.py)", _infer_args, _infer),
+    "export": ("Paddle inference model + ONNX (+ TensorRT) in exports/ (tools/export_model.py)",
+               _export_args, _export),
 }
 
 
@@ -151,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the `mrtdetr` console script; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_trt_option(sys.argv[1:] if argv is None else argv))
     try:
         cfg = _config(args)
         return COMMANDS[args.command][2](args, cfg)

@@ -1,0 +1,111 @@
+"""ONNX: paddle2onnx (opset 16), the seed's im_shape/scale_factor fix, onnxsim, ONNX Runtime.
+
+The path of PaddleDetection's configs/mask_rtdetr/README.md, as functions:
+export_inference -> to_onnx -> bake_inputs (fixed-size engines, e.g. TensorRT) -> simplify.
+`export_onnx` runs them all. Batch > 1 works: each batch size is its own export (the
+post-process resizes every image's masks to that image's size, which a fixed batch unrolls).
+"""
+
+import os
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Union
+
+import numpy as np
+
+from .paddle import OUTPUTS, export_inference
+
+PathLike = Union[str, Path]
+
+
+def to_onnx(model_dir: PathLike, onnx_path: PathLike, opset: int = 16) -> Path:
+    """paddle2onnx on `model_dir/model.json`; outputs renamed to bbox, bbox_num, mask."""
+    import onnx
+    import paddle2onnx
+
+    from polygraphy.logger import G_LOGGER
+
+    G_LOGGER.severity = G_LOGGER.ERROR  # its constant folding chats about optional extras
+    model_dir, onnx_path = Path(model_dir), Path(onnx_path)
+    onnx_path.parent.mkdir(parents=True, exist_ok=True)
+    # POLYGRAPHY_AUTOINSTALL_DEPS=0 (set by mrtdetr_lib's import): its deps are pinned instead
+    paddle2onnx.export(str(model_dir / "model.json"), str(model_dir / "model.pdiparams"),
+                       str(onnx_path), opset_version=opset, verbose=False)
+    model = onnx.load(str(onnx_path))
+    renames = {out.name: new for out, new in zip(model.graph.output, OUTPUTS)}
+    for node in model.graph.node:
+        node.output[:] = [renames.get(name, name) for name in node.output]
+        node.input[:] = [renames.get(name, name) for name in node.input]
+    for constant in model.graph.initializer:  # bbox_num can be folded into a constant
+        constant.name = renames.get(constant.name, constant.name)
+    for out in model.graph.output:
+        out.name = renames[out.name]
+    onnx.save(model, str(onnx_path))
+    return onnx_path
+
+
+def bake_inputs(onnx_path: PathLike, out_path: PathLike,
+                fixed: Dict[str, Sequence[Sequence[float]]]) -> Path:
+    """Turn inputs into constants, e.g. {"im_shape": [[640, 640]], "scale_factor": [[1, 1]]}:
+    the seed's onnx_edit.py, needed for fixed-shape TensorRT engines."""
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    for name, value in fixed.items():
+        graph_input = next((i for i in model.graph.input if i.name == name), None)
+        if graph_input is None:
+            raise ValueError(f"{onnx_path} has no input {name!r}")
+        model.graph.input.remove(graph_input)
+        model.graph.initializer.append(
+            onnx.numpy_helper.from_array(np.asarray(value, dtype="float32"), name))
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(out_path))
+    return Path(out_path)
+
+
+def simplify(onnx_path: PathLike, out_path: PathLike) -> Path:
+    """onnxsim: constant folding and shape inference, as the seed runs it before TensorRT."""
+    import onnx
+    import onnxsim
+
+    model, ok = onnxsim.simplify(onnx.load(str(onnx_path)))
+    if not ok:
+        raise RuntimeError(f"onnxsim could not validate the simplified {onnx_path}")
+    onnx.save(model, str(out_path))
+    return Path(out_path)
+
+
+def export_onnx(model, out_dir: PathLike, name: str = "model", batch: int = 1,
+                size: Optional[Sequence[int]] = None, bake: bool = False,
+                run_simplify: bool = True) -> Path:
+    """Eager model -> `out_dir/name_b{batch}.onnx` (opset 16, simplified). `bake=True` fixes
+    im_shape = size and scale_factor = 1 (the seed's trt=True engine input)."""
+    out_dir = Path(out_dir)
+    size = size or model.transformer.eval_size
+    inference_dir = export_inference(model, out_dir / f"{name}_b{batch}_paddle", batch, size)
+    path = to_onnx(inference_dir, out_dir / f"{name}_b{batch}.onnx")
+    if bake:
+        path = bake_inputs(path, path, {"im_shape": [list(map(float, size))] * batch,
+                                        "scale_factor": [[1.0, 1.0]] * batch})
+    return simplify(path, path) if run_simplify else path
+
+
+class OnnxPredictor:
+    """ONNX Runtime on an exported model: `predictor(inputs)` -> {bbox, bbox_num, mask}."""
+
+    def __init__(self, onnx_path: PathLike, threads: int = 0, providers=None):
+        import onnxruntime as ort
+
+        if not Path(onnx_path).is_file():
+            raise FileNotFoundError(f"ONNX model not found: {onnx_path}")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        self.session = ort.InferenceSession(str(onnx_path), options,
+                                            providers=providers or ["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.batch = self.session.get_inputs()[0].shape[0]
+
+    def __call__(self, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """inputs: image [B, 3, H, W] (+ im_shape, scale_factor unless baked), numpy float32."""
+        feeds = {n: np.ascontiguousarray(inputs[n], dtype="float32") for n in self.input_names}
+        outputs = self.session.run(list(OUTPUTS), feeds)
+        return dict(zip(OUTPUTS, outputs))

@@ -1,0 +1,129 @@
+"""Export: Paddle inference model, ONNX (fixed batch 1 and 2, baked inputs, onnxsim) and ONNX
+Runtime give the eager model's outputs; TensorRT where a GPU is present."""
+
+import json
+
+import numpy as np
+import paddle
+import pytest
+
+import mrtdetr_lib as mrt
+from mrtdetr_lib.export import (OnnxPredictor, PaddlePredictor, build_trt_engine, export_onnx,
+                                tensorrt_available)
+
+
+def _inputs(batch, size=(256, 256), seed=0):
+    rng = np.random.default_rng(seed)
+    scales = [[1.0, 1.0], [0.5, 0.8], [2.0, 1.0]][:batch]  # different original sizes
+    return {"image": rng.random((batch, 3, *size)).astype("float32"),
+            "im_shape": np.array([size] * batch, "float32"),
+            "scale_factor": np.array(scales, "float32")}
+
+
+def _eager(model, inputs):
+    with paddle.no_grad():
+        return {k: v.numpy() for k, v in model({k: paddle.to_tensor(v)
+                                               for k, v in inputs.items()}).items()}
+
+
+def assert_same_detections(ours, ref, box_atol, score_atol=1e-4, max_mask_pixels=0):
+    """Match rows by label and box (the order of near-tied scores may differ), then compare."""
+    np.testing.assert_array_equal(ours["bbox_num"], ref["bbox_num"])
+    used = set()
+    for i, row in enumerate(ref["bbox"]):
+        candidates = [j for j in range(len(ours["bbox"])) if j not in used
+                      and ours["bbox"][j, 0] == row[0]]
+        assert candidates, f"no exported detection with label {row[0]} for row {i}"
+        j = min(candidates, key=lambda j: np.abs(ours["bbox"][j, 1:] - row[1:]).sum())
+        used.add(j)
+        np.testing.assert_allclose(ours["bbox"][j, 2:], row[2:], atol=box_atol)
+        np.testing.assert_allclose(ours["bbox"][j, 1], row[1], atol=score_atol)
+        assert (ours["mask"][j] != ref["mask"][i]).sum() <= max_mask_pixels
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    paddle.seed(0)
+    model = mrt.build_model("tiny")
+    model.eval()
+    return model
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_paddle_inference_and_onnx_runtime_match_eager(tiny, tmp_path_factory, batch):
+    out_dir = tmp_path_factory.mktemp("export")
+    onnx_path = export_onnx(tiny, out_dir, "tiny", batch=batch)
+    inputs = _inputs(batch)
+    eager = _eager(tiny, inputs)
+    onnx_out = OnnxPredictor(onnx_path)(inputs)
+    paddle_out = PaddlePredictor(out_dir / f"tiny_b{batch}_paddle")(inputs)
+    assert onnx_out["mask"].shape == eager["mask"].shape  # the batch's largest original size
+    assert_same_detections(onnx_out, eager, box_atol=1e-3, max_mask_pixels=10)
+    assert_same_detections(paddle_out, eager, box_atol=1e-4, max_mask_pixels=0)
+
+
+def test_baked_inputs_for_fixed_size_engines(tiny, tmp_path):
+    path = export_onnx(tiny, tmp_path, "tiny", batch=1, bake=True)
+    predictor = OnnxPredictor(path)
+    assert predictor.input_names == ["image"]
+    inputs = _inputs(1)
+    assert_same_detections(predictor({"image": inputs["image"]}), _eager(tiny, inputs),
+                           box_atol=1e-3, max_mask_pixels=10)
+
+
+def test_missing_files_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.onnx"):
+        OnnxPredictor(tmp_path / "nowhere.onnx")
+    with pytest.raises(FileNotFoundError, match="model.json missing"):
+        PaddlePredictor(tmp_path)
+
+
+def test_cli_export_writes_into_the_output_dir(tmp_path, capsys):
+    from mrtdetr_lib.cli import main
+
+    paddle.seed(0)
+    weights = tmp_path / "tiny.pdparams"
+    paddle.save(mrt.build_model("tiny").state_dict(), str(weights))
+    out = tmp_path / "exports"
+    code = main(["export", "-c", "tiny", "-o", f"weights={weights}", "trt=True",
+                 "--output_dir", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert (out / "mask_rtdetr_t_b1.onnx").is_file()
+    assert (out / "mask_rtdetr_t_b1_paddle" / "model.json").is_file()
+    assert "inputs baked" in printed
+    if tensorrt_available():
+        assert "tensorrt engine skipped" in printed
+
+
+@pytest.mark.skipif(tensorrt_available() is not None,
+                    reason=f"TensorRT cannot run here: {tensorrt_available()}")
+def test_tensorrt_fp16_engine(tiny, tmp_path):
+    from mrtdetr_lib.export import TrtPredictor
+
+    path = export_onnx(tiny, tmp_path, "tiny", batch=1, bake=True)
+    engine = build_trt_engine(path, fp16=True)
+    assert build_trt_engine(path, fp16=True) == engine  # cached
+    inputs = _inputs(1)
+    assert_same_detections(TrtPredictor(engine)({"image": inputs["image"]}), _eager(tiny, inputs),
+                           box_atol=2.0, score_atol=2e-2, max_mask_pixels=2000)
+
+
+@pytest.mark.slow
+def test_l_reference_weights_onnx_parity(ref_dir, refweights, tmp_path):
+    """L with PaddleDetection's reference weights: exported == eager within the README's
+    tolerances (post-processed boxes 0.05 px, masks a few hundred pixels)."""
+    manifest = json.loads((ref_dir / "manifest_L.json").read_text())
+    model = mrt.build_model("l")
+    model.set_state_dict(refweights.reference_weights(manifest))
+    model.eval()
+    data = np.load(ref_dir / "fwd_L_000000014439_640.npz")
+    image = (data["input_rgb_u8"].astype("float32") * np.float32(1 / 255)).transpose(2, 0, 1)
+    inputs = {"image": image[None], "im_shape": np.array([[640, 640]], "float32"),
+              "scale_factor": np.ones((1, 2), "float32")}
+    eager = _eager(model, inputs)
+    path = export_onnx(model, tmp_path, "l", batch=1)
+    assert_same_detections(OnnxPredictor(path)(inputs), eager, box_atol=0.05,
+                           max_mask_pixels=300)
+    assert_same_detections(PaddlePredictor(tmp_path / "l_b1_paddle")(inputs), eager,
+                           box_atol=0.05, max_mask_pixels=300)
