@@ -1,0 +1,172 @@
+"""Looking inside the model for teaching: every intermediate tensor of one eval forward pass,
+and parameter counts per part next to PaddleDetection's manifests.
+
+`forward_intermediates` runs the backbone and neck once with forward hooks (to catch the AIFI
+input/output without repeating the neck's code), then the decoder stage step by step through the
+public methods of MaskRTDETRTransformer, in the order of its own `forward`; its final output
+equals `model(inputs)` (tests/test_model_inspect.py). Chapter 02 draws what it returns.
+"""
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import paddle
+import paddle.nn.functional as F
+
+PARTS = ("backbone", "neck", "transformer")
+
+
+def default_reference_dir() -> Path:
+    """The PaddleDetection reference folder: env MRTDETR_REFERENCE_DIR, default ../shared/reference
+    next to the repository (as the tests look for it)."""
+    root = Path(__file__).resolve().parents[2]
+    return Path(os.environ.get("MRTDETR_REFERENCE_DIR", root.parent / "shared" / "reference"))
+
+
+def count_parameters(shapes: Dict[str, Sequence[int]]) -> Dict[str, int]:
+    """{name: shape} -> numbers of values per part (backbone/neck/transformer), "total" and
+    "tensors" (BatchNorm running statistics included, as in a .pdparams file)."""
+    counts = dict.fromkeys((*PARTS, "total", "tensors"), 0)
+    for name, shape in shapes.items():
+        numel = 1
+        for dim in shape:
+            numel *= int(dim)
+        part = name.split(".", 1)[0]
+        if part not in PARTS:
+            raise ValueError(f"parameter {name!r} belongs to none of {PARTS}")
+        counts[part] += numel
+        counts["total"] += numel
+        counts["tensors"] += 1
+    return counts
+
+
+def model_shapes(model: paddle.nn.Layer) -> Dict[str, List[int]]:
+    """{state_dict name: shape} of a model (parameters and BatchNorm statistics)."""
+    return {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
+
+
+def manifest_shapes(path: Union[str, Path]) -> Dict[str, List[int]]:
+    """{name: shape} from a reference manifest_{S,M,L,X,H}.json (the official .pdparams keys)."""
+    with open(path) as f:
+        manifest = json.load(f)
+    try:
+        return {p["name"]: list(p["shape"]) for p in manifest["params"]}
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"{path}: not a parameter manifest (needs params[].name/.shape, "
+                         f"missing {err})") from None
+
+
+def parameter_table(archs: Sequence[str] = ("s", "m", "l", "x", "h"),
+                    reference_dir: Optional[Union[str, Path]] = None) -> List[Dict[str, Any]]:
+    """One row per size: the built model's counts per part, the manifest's (None when the
+    reference folder is absent) and `same_keys`: names and shapes equal the manifest's."""
+    from .detr import build_model
+
+    folder = Path(reference_dir) if reference_dir else default_reference_dir()
+    rows = []
+    for arch in archs:
+        ours = model_shapes(build_model(arch))
+        path = folder / f"manifest_{arch.upper()}.json"
+        theirs = manifest_shapes(path) if path.is_file() else None
+        rows.append({"arch": arch, "model": count_parameters(ours),
+                     "manifest": count_parameters(theirs) if theirs is not None else None,
+                     "same_keys": None if theirs is None else ours == theirs})
+    return rows
+
+
+def format_parameter_table(rows: List[Dict[str, Any]]) -> str:
+    """parameter_table rows as a fixed-width text table, millions of values per part."""
+    lines = [f"{'size':<5}{'source':<10}" + "".join(f"{p:>13}" for p in (*PARTS, "total"))
+             + f"{'tensors':>9}  keys+shapes"]
+    for row in rows:
+        for source in ("manifest", "model"):
+            counts = row[source]
+            if counts is None:
+                lines.append(f"{row['arch']:<5}{source:<10}  (no manifest found)")
+                continue
+            same = "" if source == "manifest" else {True: "equal", False: "DIFFER",
+                                                     None: "-"}[row["same_keys"]]
+            lines.append(f"{row['arch']:<5}{source:<10}"
+                         + "".join(f"{counts[p] / 1e6:>12.3f}M" for p in (*PARTS, "total"))
+                         + f"{counts['tensors']:>9}  {same}")
+    return "\n".join(lines)
+
+
+def _capture(layers: Dict[str, paddle.nn.Layer], store: Dict[str, Any]) -> list:
+    """Forward hooks that store each named layer's output; returns the handles to remove."""
+    def hook_for(key):
+        def hook(layer, inputs, output):
+            store[key] = output
+        return hook
+    return [layer.register_forward_post_hook(hook_for(key)) for key, layer in layers.items()]
+
+
+def _backbone_and_neck(model: paddle.nn.Layer, image: paddle.Tensor) -> Dict[str, Any]:
+    """Backbone + neck once, with hooks on the neck's projections and its AIFI encoder."""
+    neck, found = model.neck, {}
+    layers = {f"neck_proj{i}": proj for i, proj in enumerate(neck.input_proj)}
+    layers["aifi_out"] = neck.encoder[0]
+    handles = _capture(layers, found)
+    handles.append(neck.encoder[0].register_forward_pre_hook(
+        lambda layer, args: found.__setitem__("aifi_in", args[0])))
+    try:
+        backbone = model.backbone(image)
+        enc_feats, mask_feat = neck(backbone)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {"backbone": backbone, "aifi_in": found["aifi_in"], "aifi_out": found["aifi_out"],
+            "neck_proj": [found[f"neck_proj{i}"] for i in range(len(neck.input_proj))],
+            "neck": enc_feats, "mask_feat": mask_feat}
+
+
+def _decoder_stage(model: paddle.nn.Layer, out: Dict[str, Any],
+                   inputs: Dict[str, paddle.Tensor]) -> None:
+    """MaskRTDETRTransformer.forward's eval path (no denoising), one public step at a time."""
+    tr, mask_feat = model.transformer, out["mask_feat"]
+    memory, spatial_shapes = tr.project_memory(out["neck"])
+    anchors, valid_mask = tr.anchors_for(spatial_shapes)
+    output_memory, logits, boxes_unact = tr.score_memory(memory, spatial_shapes)
+    index, target, ref_unact = tr.select_queries(output_memory, logits, boxes_unact)
+    out.update(spatial_shapes=spatial_shapes, anchors=F.sigmoid(anchors), valid_mask=valid_mask,
+               token_scores=F.sigmoid(logits.max(-1)), token_boxes=F.sigmoid(boxes_unact),
+               topk_index=index, enc_boxes=F.sigmoid(ref_unact))
+    out["enc_logits"], out["enc_masks"] = tr.predict(target, mask_feat)
+    if tr.mask_enhanced:  # the decoder starts from the boxes around the proposals' masks
+        ref_unact = tr.mask_enhanced_reference(out["enc_masks"])
+    out["ref_boxes"] = F.sigmoid(ref_unact)
+    hidden, boxes = tr.decoder(target, ref_unact, memory, spatial_shapes, tr.bbox_head,
+                               tr.query_pos_head)
+    preds = [tr.predict(h, mask_feat) for h in hidden]
+    out.update(dec_boxes=boxes, dec_logits=[p[0] for p in preds], dec_masks=preds[-1][1])
+    out["output"] = model.post_process(boxes[-1], preds[-1][0], preds[-1][1],
+                                       inputs["im_shape"], inputs["scale_factor"])
+
+
+@paddle.no_grad()
+def forward_intermediates(model: paddle.nn.Layer, inputs: Dict[str, paddle.Tensor]
+                          ) -> Dict[str, Any]:
+    """Eval forward of a MaskRTDETR, keeping every step (B images, Q queries, S tokens):
+
+    backbone: 4 maps [B, C_l, H/s, W/s], s = 4..32; neck_proj: 3 maps [B, D, H/s, W/s] after
+    the neck's 1x1 projections; aifi_in / aifi_out: tokens [B, h*w, D] of the AIFI level;
+    neck: 3 CCFM output maps; mask_feat [B, M, H/4, W/4] prototypes; spatial_shapes;
+    anchors [1, S, 4] (0..1, 1 where invalid), valid_mask [1, S, 1]; token_scores [B, S]
+    (best class probability of every memory token); token_boxes [B, S, 4];
+    topk_index [B, Q]; enc_boxes [B, Q, 4], enc_logits [B, Q, K], enc_masks [B, Q, H/4, W/4];
+    ref_boxes [B, Q, 4] (mask-enhanced reference, the decoder's start); dec_boxes /
+    dec_logits: per run decoder layer [B, Q, 4] / [B, Q, K]; dec_masks [B, Q, H/4, W/4]
+    (last layer); output: the post-processed dict, equal to `model(inputs)`. Boxes: cxcywh 0..1.
+    """
+    was_training = model.training
+    model.eval()  # eval BatchNorm statistics and no denoising, as in inference
+    try:
+        model._check_size(inputs["image"])
+        out = _backbone_and_neck(model, inputs["image"])
+        _decoder_stage(model, out, inputs)
+    finally:
+        if was_training:
+            model.train()
+    return out

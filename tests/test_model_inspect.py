@@ -1,0 +1,103 @@
+"""model/inspect.py: the step-by-step forward equals the model's, counts match the manifests."""
+
+import json
+
+import numpy as np
+import paddle
+import pytest
+from conftest import reference_dir
+
+from mrtdetr_lib.model import build_model
+from mrtdetr_lib.model.inspect import (count_parameters, format_parameter_table,
+                                       forward_intermediates, manifest_shapes, model_shapes,
+                                       parameter_table)
+
+
+def _tiny_and_inputs(batch: int = 2, **overrides):
+    paddle.seed(0)
+    model = build_model("tiny", **overrides)
+    model.eval()
+    inputs = {"image": paddle.rand([batch, 3, 256, 256]),
+              "im_shape": paddle.full([batch, 2], 256.0),
+              "scale_factor": paddle.to_tensor([[0.5, 0.5], [1.0, 2.0]][:batch], "float32")}
+    return model, inputs
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_intermediates_end_in_the_models_output(batch):
+    model, inputs = _tiny_and_inputs(batch)
+    steps = forward_intermediates(model, inputs)
+    with paddle.no_grad():
+        expected = model(inputs)
+    for key in ("bbox", "bbox_num", "mask"):
+        np.testing.assert_array_equal(steps["output"][key].numpy(), expected[key].numpy())
+    assert not model.training
+
+
+def test_intermediate_shapes_and_relations():
+    model, inputs = _tiny_and_inputs(2)
+    tr = model.transformer
+    steps = forward_intermediates(model, inputs)
+    assert [f.shape[2:] for f in steps["backbone"]] == [[64, 64], [32, 32], [16, 16], [8, 8]]
+    assert [f.shape for f in steps["neck"]] == [[2, 64, s, s] for s in (32, 16, 8)]
+    assert steps["aifi_in"].shape == steps["aifi_out"].shape == [2, 8 * 8, 64]
+    assert steps["mask_feat"].shape == [2, 16, 64, 64]
+    num_tokens = 32 * 32 + 16 * 16 + 8 * 8
+    assert steps["token_scores"].shape == [2, num_tokens]
+    assert steps["topk_index"].shape == [2, tr.num_queries]
+    # the selected queries are the best-scoring tokens, and their boxes are those tokens' boxes
+    scores = steps["token_scores"].numpy()
+    chosen = np.take_along_axis(scores, steps["topk_index"].numpy(), 1)
+    assert np.all(chosen.min(1) >= np.sort(scores, 1)[:, -tr.num_queries])
+    np.testing.assert_allclose(
+        steps["enc_boxes"].numpy(),
+        np.take_along_axis(steps["token_boxes"].numpy(), steps["topk_index"].numpy()[..., None],
+                           1), rtol=0, atol=0)
+    assert len(steps["dec_boxes"]) == len(steps["dec_logits"]) == len(tr.decoder.layers)
+    assert steps["ref_boxes"].shape == steps["dec_boxes"][-1].shape == [2, tr.num_queries, 4]
+    # the hooks are gone afterwards, and training mode is restored
+    assert not model.neck.encoder[0]._forward_pre_hooks
+    assert not model.neck.encoder[0]._forward_post_hooks
+    model.train()
+    forward_intermediates(model, inputs)
+    assert model.training
+
+
+def test_no_mask_enhancement_starts_from_the_proposal_boxes():
+    model, inputs = _tiny_and_inputs(1, mask_enhanced=False)
+    steps = forward_intermediates(model, inputs)
+    np.testing.assert_array_equal(steps["ref_boxes"].numpy(), steps["enc_boxes"].numpy())
+
+
+def test_count_parameters_per_part():
+    counts = count_parameters({"backbone.a": [2, 3], "neck.b": [4], "transformer.c": []})
+    assert counts == {"backbone": 6, "neck": 4, "transformer": 1, "total": 11, "tensors": 3}
+    with pytest.raises(ValueError, match="head.x"):
+        count_parameters({"head.x": [1]})
+
+
+def test_bad_manifest_names_the_file(tmp_path):
+    path = tmp_path / "manifest_Q.json"
+    path.write_text(json.dumps({"arch": "Q"}))
+    with pytest.raises(ValueError, match="manifest_Q.json"):
+        manifest_shapes(path)
+
+
+def test_table_without_reference_folder(tmp_path):
+    rows = parameter_table(["tiny"], reference_dir=tmp_path)
+    assert rows[0]["manifest"] is None and rows[0]["same_keys"] is None
+    assert rows[0]["model"]["total"] == sum(
+        int(np.prod(s)) for s in model_shapes(build_model("tiny")).values())
+    assert "no manifest found" in format_parameter_table(rows)
+
+
+def test_table_matches_manifest_s():
+    folder = reference_dir()
+    if not (folder / "manifest_S.json").is_file():
+        pytest.skip(f"manifest_S.json not found in {folder} (set MRTDETR_REFERENCE_DIR)")
+    (row,) = parameter_table(["s"], reference_dir=folder)
+    assert row["same_keys"] is True
+    assert row["model"] == row["manifest"]
+    manifest = json.loads((folder / "manifest_S.json").read_text())
+    assert row["manifest"]["total"] == manifest["total_numel"]
+    assert "equal" in format_parameter_table([row])
