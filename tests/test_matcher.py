@@ -87,3 +87,19 @@ def test_images_without_objects():
     assert _as_lists(matcher(boxes, logits, masks, *_targets([0, 0]))) == [([], []), ([], [])]
     indices = _as_lists(matcher(boxes, logits, masks, *_targets([0, 2])))
     assert indices[0] == ([], []) and sorted(indices[1][1]) == [0, 1]
+
+
+def test_cost_matrices_show_what_forward_decides(fixed_rand):
+    boxes, logits, masks = _predictions()
+    targets = _targets([3, 0])
+    matcher = HungarianMatcher(num_sample_points=64)
+    shown = matcher.cost_matrices(boxes, logits, masks, *targets)
+    indices = _as_lists(matcher(boxes, logits, masks, *targets))
+    assert [c["total"].shape for c in shown] == [(12, 3), (12, 0)]
+    for costs, (queries, gts) in zip(shown, indices):
+        assert (costs["query"].tolist(), costs["gt"].tolist()) == (queries, gts)
+        parts = sum(costs[k] for k in ("class", "bbox", "giou", "mask", "dice"))
+        np.testing.assert_allclose(costs["total"], parts, rtol=1e-5, atol=1e-5)
+    # the weights are applied: bbox is 5 x the mean absolute coordinate difference summed
+    l1 = np.abs(boxes.numpy()[0][:, None] - targets[0][0].numpy()[None]).sum(-1)
+    np.testing.assert_allclose(shown[0]["bbox"], 5 * l1, rtol=1e-5)

@@ -9,6 +9,7 @@ Mirrors `ppdet/modeling/transformers/matchers.py`.
 
 from typing import Dict, List, Tuple
 
+import numpy as np
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
@@ -16,6 +17,7 @@ from scipy.optimize import linear_sum_assignment
 
 from ..model.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
 
+TERMS = ("class", "bbox", "giou", "mask", "dice")
 MatchIndices = List[Tuple[paddle.Tensor, paddle.Tensor]]  # per image: (query idx, gt idx)
 
 
@@ -78,10 +80,45 @@ class HungarianMatcher(nn.Layer):
                             paddle.to_tensor(cols, dtype="int64")))
         return indices
 
+    @paddle.no_grad()
+    def cost_matrices(self, boxes: paddle.Tensor, logits: paddle.Tensor, masks: paddle.Tensor,
+                      gt_bbox: List[paddle.Tensor], gt_class: List[paddle.Tensor],
+                      gt_mask: List[paddle.Tensor]) -> List[Dict[str, np.ndarray]]:
+        """What `forward` decides on, per image, to look at: the weighted terms (class, bbox,
+        giou, mask, dice) and their sum `total`, each [Q, n_i], and the assignment made from
+        `total` (`query`, `gt`: index arrays). Draws its own mask points (one paddle.rand)."""
+        batch, num_queries = boxes.shape[:2]
+        num_gts = [len(c) for c in gt_class]
+        terms = ({k: paddle.zeros([batch * num_queries, 0]) for k in TERMS}
+                 if sum(num_gts) == 0 else
+                 self._cost_terms(boxes, logits, masks, gt_bbox, gt_class, gt_mask, num_gts))
+        weighted = {k: self.matcher_coeff[k] * v for k, v in terms.items()}
+        weighted["total"] = self._weighted_sum(terms)
+        weighted = {k: v.numpy().reshape(batch, num_queries, sum(num_gts))  # [B, Q, N]
+                    for k, v in weighted.items()}
+        result, start = [], 0
+        for i, count in enumerate(num_gts):
+            item = {k: v[i, :, start:start + count] for k, v in weighted.items()}
+            item["query"], item["gt"] = linear_sum_assignment(item["total"])
+            result.append(item)
+            start += count
+        return result
+
     def _cost_matrix(self, boxes, logits, masks, gt_bbox, gt_class, gt_mask,
                      num_gts) -> paddle.Tensor:
         """The weighted cost of every prediction of the batch against every gt: [B*Q, N]."""
-        coeff = self.matcher_coeff
+        return self._weighted_sum(self._cost_terms(boxes, logits, masks, gt_bbox, gt_class,
+                                                   gt_mask, num_gts))
+
+    def _weighted_sum(self, terms: Dict[str, paddle.Tensor]) -> paddle.Tensor:
+        coeff = self.matcher_coeff  # ppdet's order of additions (box terms first)
+        cost = coeff["class"] * terms["class"] + coeff["bbox"] * terms["bbox"] \
+            + coeff["giou"] * terms["giou"]
+        return cost + coeff["mask"] * terms["mask"] + coeff["dice"] * terms["dice"]
+
+    def _cost_terms(self, boxes, logits, masks, gt_bbox, gt_class, gt_mask,
+                    num_gts) -> Dict[str, paddle.Tensor]:
+        """The unweighted costs of every prediction against every gt, each [B*Q, N]."""
         probs = F.sigmoid(logits.flatten(0, 1))  # [B*Q, K]
         pred_boxes = boxes.flatten(0, 1)  # [B*Q, 4]
         target_ids = paddle.concat(gt_class).flatten().astype("int64")  # [N]
@@ -92,8 +129,6 @@ class HungarianMatcher(nn.Layer):
         cost_bbox = (pred_boxes.unsqueeze(1) - target_boxes.unsqueeze(0)).abs().sum(-1)
         giou = generalized_box_iou(box_cxcywh_to_xyxy(pred_boxes.unsqueeze(1)),
                                    box_cxcywh_to_xyxy(target_boxes.unsqueeze(0))).squeeze(-1)
-        cost = (coeff["class"] * cost_class + coeff["bbox"] * cost_bbox
-                + coeff["giou"] * ((1 - giou) - 1))  # ppdet: GIoU loss - 1
 
         # All queries of an image share one set of random points (cheap: no per-pair sampling).
         points = 2.0 * paddle.rand([len(num_gts), 1, self.num_sample_points, 2]) - 1.0
@@ -104,4 +139,5 @@ class HungarianMatcher(nn.Layer):
         target = F.grid_sample(paddle.concat(gt_mask).unsqueeze(1), gt_points,
                                align_corners=False).squeeze([1, 2])  # [N, S]
         cost_mask, cost_dice = point_mask_costs(pred_points, target, self.num_sample_points)
-        return cost + coeff["mask"] * cost_mask + coeff["dice"] * cost_dice
+        return {"class": cost_class, "bbox": cost_bbox, "giou": (1 - giou) - 1,  # ppdet: GIoU
+                "mask": cost_mask, "dice": cost_dice}                            # loss - 1
