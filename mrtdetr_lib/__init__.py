@@ -47,6 +47,7 @@ _LAZY = {
     "load_pretrained": ".weights",
     "Trainer": ".engine.trainer",
     "evaluate": ".engine.evaluator",
+    "tiny_shapes_checkpoint": ".engine.quick",
     "Predictor": ".infer",
 }
 
