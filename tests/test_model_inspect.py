@@ -8,9 +8,9 @@ import pytest
 from conftest import reference_dir
 
 from mrtdetr_lib.model import build_model
-from mrtdetr_lib.model.inspect import (count_parameters, format_parameter_table,
-                                       forward_intermediates, manifest_shapes, model_shapes,
-                                       parameter_table)
+from mrtdetr_lib.model.inspect import (boxes_to_pixels, count_parameters, format_parameter_table,
+                                       forward_intermediates, heatmap, manifest_shapes,
+                                       masks_to_pixels, model_shapes, parameter_table)
 
 
 def _tiny_and_inputs(batch: int = 2, **overrides):
@@ -101,3 +101,17 @@ def test_table_matches_manifest_s():
     manifest = json.loads((folder / "manifest_S.json").read_text())
     assert row["manifest"]["total"] == manifest["total_numel"]
     assert "equal" in format_parameter_table([row])
+
+
+def test_display_helpers():
+    image = heatmap(np.arange(6, dtype=np.float32).reshape(2, 3), (4, 6))
+    assert image.shape == (4, 6, 3) and image.dtype == np.uint8
+    assert (image[:2, :2] == image[0, 0]).all()  # nearest: one cell = a 2x2 block
+    assert heatmap(np.zeros((2, 2)), (2, 2)).shape == (2, 2, 3)  # a flat map is no error
+    np.testing.assert_allclose(boxes_to_pixels([[0.5, 0.5, 0.2, 0.4]], (100, 200)),
+                               [[80, 30, 120, 70]])
+    logits = np.full((1, 4, 4), -5.0, np.float32)
+    logits[0, :2, :2] = 5.0
+    pixels = masks_to_pixels(logits, (8, 8))
+    assert pixels.shape == (1, 8, 8) and pixels[0, :3, :3].all() and not pixels[0, 5:, 5:].any()
+    assert masks_to_pixels(np.zeros((0, 4, 4)), (8, 8)).shape == (0, 8, 8)

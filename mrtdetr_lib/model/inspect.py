@@ -12,10 +12,42 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
+import cv2
+import numpy as np
 import paddle
 import paddle.nn.functional as F
 
 PARTS = ("backbone", "neck", "transformer")
+Array = Union[np.ndarray, paddle.Tensor]
+
+
+def heatmap(values: Array, size: Sequence[int]) -> np.ndarray:
+    """A 2-D map [h, w] -> RGB uint8 [size[0], size[1], 3], min..max stretched (viridis-like),
+    upsampled without smoothing so every cell of a feature map stays visible."""
+    values = np.asarray(values, np.float32)
+    span = float(values.max() - values.min()) or 1.0
+    grey = ((values - values.min()) / span * 255).astype(np.uint8)
+    grey = cv2.resize(grey, (int(size[1]), int(size[0])), interpolation=cv2.INTER_NEAREST)
+    return cv2.cvtColor(cv2.applyColorMap(grey, cv2.COLORMAP_VIRIDIS), cv2.COLOR_BGR2RGB)
+
+
+def boxes_to_pixels(boxes: Array, size: Sequence[int]) -> np.ndarray:
+    """Normalised cxcywh boxes [..., 4] -> x1, y1, x2, y2 in pixels of an image of size (h, w)."""
+    boxes = np.asarray(boxes, np.float32)
+    h, w = size
+    center, extent = boxes[..., :2] * [w, h], boxes[..., 2:] * [w, h]
+    return np.concatenate([center - extent / 2, center + extent / 2], -1)
+
+
+def masks_to_pixels(mask_logits: Array, size: Sequence[int]) -> np.ndarray:
+    """Mask logits [n, h, w] (stride 4) -> bool [n, H, W] at image size (h, w), bilinear then
+    logit > 0 (probability > 0.5), as the post-process does."""
+    logits = np.asarray(mask_logits, np.float32)
+    if len(logits) == 0:
+        return np.zeros((0, *size), bool)
+    resized = [cv2.resize(m, (int(size[1]), int(size[0])), interpolation=cv2.INTER_LINEAR)
+               for m in logits]
+    return np.stack(resized) > 0
 
 
 def default_reference_dir() -> Path:
