@@ -206,6 +206,11 @@ def _check_value(section: str, name: str, value: Any, default: Any) -> Any:
             raise ValueError(f"{section}.{name} must be true/false, got {value!r}")
         return value
     if isinstance(default, (int, float)) and not isinstance(default, bool):
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{section}.{name} must be a number, got {value!r}")
         if isinstance(default, int) and not float(value).is_integer():

@@ -36,6 +36,15 @@ def test_cli_overrides_resolve_unique_keys():
         parse_overrides(["epochs"], cfg)
 
 
+def test_exponent_floats_are_numbers():
+    # YAML 1.1 (pyyaml) reads "1e-3" as a string; `-o base_lr=1e-3` must still work
+    cfg = mrt.get_config("tiny")
+    cfg = update_config(cfg, parse_overrides(["base_lr=1e-3"], cfg))
+    assert cfg.train.base_lr == 1e-3
+    with pytest.raises(ValueError, match="must be a number"):
+        update_config(cfg, parse_overrides(["base_lr=fast"], cfg))
+
+
 def test_yaml_round_trip(tmp_path):
     updates = {"train": {"epochs": 2}, "model": {"eval_size": None}}
     cfg = update_config(mrt.get_config("tiny"), updates)
