@@ -9,6 +9,7 @@ on 2 CPU cores. A benchmark never fails on its numbers.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -22,6 +23,33 @@ from mrtdetr_lib.data.shapes import make_shapes
 from mrtdetr_lib.engine import Trainer
 
 KEYS = ("mask_AP", "mask_AP50", "bbox_AP", "bbox_AP50")
+
+
+def train_by_clock(cfg, minutes: float, eval_every: float):
+    """Train for `minutes` of training time, evaluating the EMA weights every `eval_every`
+    minutes (the clock stops while evaluating); returns (trainer, curve, eval seconds)."""
+    trainer = Trainer(cfg, eval_data=build_dataset(cfg.data, "val"), progress=False)
+    budget, every = minutes * 60, eval_every * 60
+    curve, next_eval, eval_seconds = [], every, 0.0
+    tic = time.perf_counter()
+    steps = trainer.run()
+    for record in steps:
+        if record["kind"] != "train":
+            continue
+        trained = time.perf_counter() - tic - eval_seconds
+        if trained >= min(next_eval, budget):
+            start = time.perf_counter()
+            metrics = trainer.evaluate()
+            eval_seconds += time.perf_counter() - start
+            curve.append({"minutes": round(trained / 60, 2), "step": record["step"],
+                          "loss": round(record["loss"], 3),
+                          **{k: round(metrics[k], 4) for k in KEYS}})
+            print(json.dumps(curve[-1]), file=sys.stderr, flush=True)
+            next_eval += every
+        if trained >= budget:
+            break
+    steps.close()  # saves the last checkpoint
+    return trainer, curve, eval_seconds
 
 
 def main() -> int:
@@ -45,25 +73,8 @@ def main() -> int:
     cfg.train.epochs, cfg.train.eval = 10**6, False  # the clock decides; we evaluate here
     cfg = update_config(cfg, parse_overrides(args.opt, cfg))
 
-    trainer = Trainer(cfg, eval_data=build_dataset(cfg.data, "val"), progress=False)
-    budget, every = args.minutes * 60, args.eval_every * 60
-    curve, trained, next_eval, eval_seconds = [], 0.0, every, 0.0
-    tic = time.perf_counter()
-    steps = trainer.run()
-    for record in steps:
-        trained = time.perf_counter() - tic - eval_seconds
-        if trained >= min(next_eval, budget):
-            start = time.perf_counter()
-            metrics = trainer.evaluate()
-            eval_seconds += time.perf_counter() - start
-            curve.append({"minutes": round(trained / 60, 2), "step": record["step"],
-                          "loss": round(record["loss"], 3),
-                          **{k: round(metrics[k], 4) for k in KEYS}})
-            print(json.dumps(curve[-1]), file=sys.stderr, flush=True)
-            next_eval += every
-        if trained >= budget:
-            break
-    steps.close()  # saves the last checkpoint
+    with contextlib.redirect_stdout(sys.stderr):  # the trainer's text log; stdout is the JSON
+        trainer, curve, eval_seconds = train_by_clock(cfg, args.minutes, args.eval_every)
     final = curve[-1]
     print(json.dumps({"what": "train_shapes", "config": "tiny", "threads": args.threads,
                       "minutes": args.minutes, "iterations": trainer.global_step,
