@@ -6,8 +6,9 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 
-from mrtdetr_lib.engine.evaluator import (COCOEvaluator, evaluate_predictor, plot_pr_curves,
-                                          summary, to_coco_results)
+from mrtdetr_lib.engine.evaluator import (COCOEvaluator, evaluate_predictor, format_table,
+                                          per_class_table, plot_pr_curves, summary,
+                                          to_coco_results)
 
 H, W = 40, 60
 # Two images; the data set's category ids are not contiguous (3 = "circle", 7 = "square").
@@ -127,3 +128,27 @@ def test_predictor_entry_point_and_pr_plot(gt_file):
 def test_missing_annotation_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.json"):
         COCOEvaluator(str(tmp_path / "nope.json"))
+
+
+def test_per_class_table_matches_hand_computed_ap(gt_file):
+    # As test_half_recall_has_hand_computed_ap, but the wrong circle overlaps its target with
+    # IoU 0.6 (18 x 18 box shifted by 4 px: 14*18 / (2*18*18 - 14*18) = 0.64): right at
+    # IoU 0.50..0.60, wrong from 0.65 on.
+    ev = COCOEvaluator(gt_file, cat_ids=[3, 7])
+    ev.update([1], _outputs(OBJECTS[1]))
+    good, near = _outputs(OBJECTS[2][:1], score=0.95), _outputs(OBJECTS[2][1:], shift=-4)
+    both = {k: np.concatenate([good[k], near[k]]) for k in ("bbox", "mask")}
+    ev.update([2], {**both, "bbox_num": np.array([2])})
+    metrics = ev.accumulate()
+    rows = per_class_table(metrics)
+    circle, square = rows
+    assert circle["class"] == "circle" and square["mask_AP75"] == pytest.approx(1.0)
+    assert circle["mask_AP50"] == pytest.approx(1.0)  # IoU 0.64 counts at 0.5
+    assert circle["mask_AP75"] == pytest.approx(67 / 101)  # not at 0.75: recall stops at 2/3
+    assert circle["mask_AP"] == pytest.approx((3 * 1.0 + 7 * 67 / 101) / 10)  # 0.50,0.55,0.60
+    assert circle["mask_AP"] == pytest.approx(metrics["mask"]["per_class_ap"]["circle"])
+    assert list(circle) == ["class", "bbox_AP", "bbox_AP50", "bbox_AP75", "mask_AP",
+                            "mask_AP50", "mask_AP75"]
+    text = format_table(rows).splitlines()
+    assert text[0].split() == list(circle) and text[1].split()[:2] == ["circle", "0.764"]
+    assert len({len(line) for line in text}) == 1  # aligned columns

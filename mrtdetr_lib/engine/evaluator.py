@@ -162,6 +162,41 @@ def evaluate(model: paddle.nn.Layer, data: Any, output_dir: Optional[str] = None
             model.train()
 
 
+def _mean_valid(values: np.ndarray) -> float:
+    """Mean over the entries COCOeval filled (-1 = class without ground truth): NaN if none."""
+    valid = values[values > -1]
+    return float(valid.mean()) if valid.size else float("nan")
+
+
+def per_class_table(metrics: Dict[str, dict]) -> List[Dict[str, Any]]:
+    """One row per class: {"class", "bbox_AP", "bbox_AP50", "bbox_AP75", "mask_AP", ...} from
+    `accumulate()`'s precision [T,R,K] (AP averages IoU 0.5:0.95; AP50 / AP75 one IoU each)."""
+    names = list(next(iter(metrics.values()))["per_class_ap"])
+    rows = [{"class": name} for name in names]
+    for key, result in metrics.items():
+        precision = result["precision"]
+        for k, row in enumerate(rows):
+            if precision is None:  # no detections at all
+                row.update({f"{key}_AP": 0.0, f"{key}_AP50": 0.0, f"{key}_AP75": 0.0})
+                continue
+            row[f"{key}_AP"] = _mean_valid(precision[:, :, k])
+            row[f"{key}_AP50"] = _mean_valid(precision[0, :, k])  # thresholds 0.50, 0.55, ...
+            row[f"{key}_AP75"] = _mean_valid(precision[5, :, k])
+    return rows
+
+
+def format_table(rows: Sequence[Dict[str, Any]], digits: int = 3) -> str:
+    """Rows of equal keys as a fixed-width text table (numbers rounded to `digits`)."""
+    columns = list(rows[0])
+    cells = [[f"{v:.{digits}f}" if isinstance(v, float) else str(v) for v in row.values()]
+             for row in rows]
+    widths = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(columns)]
+    lines = [columns] + cells
+    return "\n".join("  ".join(cell.rjust(w) if i else cell.ljust(w)
+                               for i, (cell, w) in enumerate(zip(line, widths)))
+                     for line in lines)
+
+
 def plot_pr_curves(result: dict, iou: float = 0.5, ax: Any = None) -> Any:
     """Precision against recall per class at one IoU threshold (0.5:0.05:0.95) for one iou type."""
     import matplotlib.pyplot as plt
