@@ -27,15 +27,19 @@ class DETRPostProcess(nn.Layer):
     """
 
     def __init__(self, num_classes: int = 80, num_top_queries: int = 100,
-                 mask_threshold: float = 0.5):
+                 mask_threshold: float = 0.5, return_probs: bool = False):
         super().__init__()
         self.num_classes, self.num_top_queries = num_classes, num_top_queries
         self.mask_threshold = mask_threshold
+        # True: "mask" holds float32 probabilities, for tools that pick the threshold later
+        # (viz.collect_predictions); the default 0/1 int32 masks are the export contract.
+        self.return_probs = return_probs
         # sigmoid(x) > t  <=>  x > log(t / (1 - t)): threshold the logits, skip 40M sigmoids
         self.logit_threshold = math.log(mask_threshold / (1 - mask_threshold))
 
     def resize_masks(self, masks: paddle.Tensor, origin_shape: paddle.Tensor) -> paddle.Tensor:
-        """masks [B, k, h, w] logits, origin_shape [B, 2] (h, w) -> [B*k, H0max, W0max] 0/1.
+        """masks [B, k, h, w] logits, origin_shape [B, 2] (h, w) -> [B*k, H0max, W0max] 0/1
+        int32 (float32 probabilities with `return_probs`).
 
         Each image's masks are resized to its own original size. When the sizes differ, every
         image's masks sit in the top-left corner of one [max h, max w] canvas, zeros around
@@ -48,7 +52,10 @@ class DETRPostProcess(nn.Layer):
         for i in range(batch):
             resized = F.interpolate(masks[i:i + 1], size=[size[i, 0], size[i, 1]],
                                     mode="bilinear", align_corners=False)[0]  # [k, h0, w0]
-            binary = (resized > self.logit_threshold).astype("float32")
+            if self.return_probs:
+                binary = F.sigmoid(resized)  # not binary: probabilities, thresholded later
+            else:
+                binary = (resized > self.logit_threshold).astype("float32")
             if batch > 1:  # zeros up to the largest image of the batch
                 pad = paddle.stack([paddle.zeros([], "int32"), size[:, 1].max() - size[i, 1],
                                     paddle.zeros([], "int32"), size[:, 0].max() - size[i, 0]])
@@ -56,7 +63,7 @@ class DETRPostProcess(nn.Layer):
                 binary = F.pad(binary.unsqueeze(0), pad)[0]
             out.append(binary)
         masks = out[0] if batch == 1 else paddle.concat(out)  # [B*k, H0, W0]
-        return masks.astype("int32")
+        return masks if self.return_probs else masks.astype("int32")
 
     def forward(self, boxes: paddle.Tensor, logits: paddle.Tensor, masks: paddle.Tensor,
                 im_shape: paddle.Tensor, scale_factor: paddle.Tensor) -> Dict[str, paddle.Tensor]:

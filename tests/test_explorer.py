@@ -1,0 +1,117 @@
+"""Threshold explorer: mask probabilities from the post-process, the pure filter, the widgets."""
+
+import numpy as np
+import paddle
+import pytest
+
+import mrtdetr_lib as mrt
+from mrtdetr_lib.model.postprocess import DETRPostProcess
+from mrtdetr_lib.viz import (PredictionCache, collect_predictions, draw_predictions,
+                             filter_predictions, threshold_explorer)
+
+
+def _raw(batch=2, queries=6, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    boxes = rng.uniform(0.2, 0.6, (batch, queries, 4)).astype("float32")
+    logits = rng.normal(0, 2, (batch, queries, classes)).astype("float32")
+    masks = rng.normal(0, 3, (batch, queries, 8, 8)).astype("float32")
+    im_shape = np.array([[32, 32], [32, 24]][:batch], "float32")
+    return [paddle.to_tensor(v) for v in (boxes, logits, masks, im_shape,
+                                          np.ones((batch, 2), "float32"))]
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_post_process_probabilities_binarise_to_its_masks(batch):
+    post = DETRPostProcess(num_classes=3, num_top_queries=4)
+    binary = post(*_raw(batch))
+    post.return_probs = True
+    probs = post(*_raw(batch))
+    np.testing.assert_array_equal(probs["bbox"].numpy(), binary["bbox"].numpy())
+    p = probs["mask"].numpy()
+    assert p.dtype == np.float32 and binary["mask"].numpy().dtype == np.int32
+    assert p.shape == binary["mask"].shape and p.min() >= 0 and p.max() <= 1
+    assert 0.05 < p.mean() < 0.95  # real probabilities, not 0/1
+    mismatch = ((p > 0.5) != binary["mask"].numpy().astype(bool)).mean()
+    assert mismatch < 1e-4  # sigmoid(x) > 0.5 <=> x > 0, up to rounding at x ~ 0
+
+
+def _prediction():
+    """Three detections: scores .9 / .6 / .2, labels 0 / 1 / 0, known mask probabilities."""
+    probs = np.zeros((3, 4, 4), np.float16)
+    probs[0, :2] = 0.8
+    probs[0, 2:] = 0.4
+    probs[1] = 0.55
+    probs[2, 0, 0] = 0.99
+    return {"boxes": np.array([[0, 0, 4, 2], [0, 0, 4, 4], [0, 0, 1, 1]], np.float32),
+            "scores": np.array([0.9, 0.6, 0.2], np.float32),
+            "labels": np.array([0, 1, 0]), "mask_probs": probs}
+
+
+def test_filter_keeps_scores_classes_and_thresholds_masks():
+    pred = _prediction()
+    kept = filter_predictions(pred, score_threshold=0.5, mask_threshold=0.5)
+    assert kept["scores"].tolist() == pytest.approx([0.9, 0.6])
+    assert kept["masks"].dtype == bool and kept["masks"][0].sum() == 8
+    assert kept["masks"][1].all()
+    lower = filter_predictions(pred, score_threshold=0.5, mask_threshold=0.3)
+    assert lower["masks"][0].all()  # the 0.4 half joins the mask
+    higher = filter_predictions(pred, score_threshold=0.5, mask_threshold=0.6)
+    assert not higher["masks"][1].any()
+    circles = filter_predictions(pred, score_threshold=0.0, classes=[0])
+    assert circles["labels"].tolist() == [0, 0] and circles["scores"].tolist() == pytest.approx(
+        [0.9, 0.2])
+    assert len(filter_predictions(pred, score_threshold=0.95)["scores"]) == 0
+    assert len(filter_predictions(pred, classes=[])["labels"]) == 0
+    assert pred["mask_probs"].dtype == np.float16  # the cache is not changed
+
+
+def _cache():
+    image = np.full((4, 4, 3), 128, np.uint8)
+    return PredictionCache([image, image], [_prediction(), _prediction()],
+                           ["circle", "square"])
+
+
+def test_draw_predictions_enlarges_and_counts():
+    rgb, count = draw_predictions(_cache(), 0, score_threshold=0.5, min_side=32)
+    assert rgb.shape == (32, 32, 3) and count == 2
+    assert draw_predictions(_cache(), 1, 0.0, classes=[1], min_side=8)[1] == 1
+
+
+def test_widgets_redraw_from_the_cache():
+    box = threshold_explorer(_cache(), score_threshold=0.5)
+    picture, controls = box.children
+    image, score, mask, classes, caption = controls.children
+    assert caption.value == "2 of 3 detections" and picture.value[:4] == b"\x89PNG"
+    before = picture.value
+    score.value = 0.1
+    assert caption.value == "3 of 3 detections" and picture.value != before
+    classes.value = (1,)
+    assert caption.value == "1 of 3 detections"
+    before = picture.value
+    mask.value = 0.6  # the square's 0.55 mask disappears
+    assert picture.value != before
+    image.value = 1
+    assert caption.value == "1 of 3 detections"
+
+
+def test_collect_predictions_keeps_every_top_k_detection():
+    paddle.seed(0)
+    model = mrt.build_model("tiny", eval_size=(96, 96), num_top_queries=7)
+    images = [np.random.default_rng(i).integers(0, 255, (50, 70, 3), dtype=np.uint8)
+              for i in range(2)]
+    cache = collect_predictions(model, images, (96, 96), ["a", "b", "c", "d"])
+    assert len(cache.images) == 2 and not model.post_process.return_probs
+    pred = cache.predictions[1]
+    assert pred["mask_probs"].shape == (7, 50, 70) and pred["mask_probs"].dtype == np.float16
+    assert pred["boxes"].shape == (7, 4) and np.all(np.diff(pred["scores"]) <= 0)
+    # the cached probabilities at 0.5 give the masks the model itself returns
+    model.eval()
+    from mrtdetr_lib.infer import preprocess
+    inputs = {k: paddle.to_tensor(v) for k, v in preprocess(images[1], (96, 96)).items()}
+    with paddle.no_grad():
+        masks = model(inputs)["mask"].numpy().astype(bool)
+    kept = filter_predictions(pred, score_threshold=0.0, mask_threshold=0.5)
+    # float16 (cache memory) rounds probabilities by <= 2^-11 near 0.5: only pixels that
+    # close to the threshold may flip (an untrained model has many of them)
+    flipped = kept["masks"] != masks
+    assert np.abs(pred["mask_probs"][flipped].astype(np.float32) - 0.5).max(initial=0) <= 1e-3
