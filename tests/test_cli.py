@@ -41,7 +41,11 @@ def test_ppdet_flags_parse():
     (["train", "-c", "no/such.yml"], "config file not found: no/such.yml"),
     (["train", "-c", CONFIG, "-o", "epoch=3"], "unknown override key 'epoch'"),
     (["train", "-c", CONFIG, "-o", "epochs=many"], "train.epochs must be a number"),
+    (["train", "-c", CONFIG, "-o", "target_metrics=segm"],
+     "train.target_metrics must be 'mask' or 'bbox', got 'segm'"),
     (["eval", "-c", CONFIG], "eval needs trained weights: -o weights=PATH_OR_URL"),
+    (["eval", "-c", CONFIG, "-o", "weights=no/such.pdparams"],
+     "weights file not found: no/such.pdparams"),
     (["infer", "-c", CONFIG, "-o", "weights=w.pdparams", "--infer_img", "nope.jpg"],
      "--infer_img not found: nope.jpg"),
     (["infer", "-c", CONFIG, "-o", "weights=w.pdparams"], "give --infer_img IMAGE or"),
@@ -84,6 +88,9 @@ def test_quick_train_eval_infer_from_a_fresh_checkout(tmp_path):
     summary = json.loads(mrtdetr("train", "-c", CONFIG, "--eval", "--output_dir", out,
                                  "-o", "epochs=1")[-1])
     assert summary["steps"] == 4 and summary["best"]["step"] == 4  # 16 images / batch 4
+    for name in ("last.pdckpt", "best_model.pdparams", "model_final.pdparams", "config.yml",
+                 "train_log.jsonl", "curves.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 0, name
     best = os.path.join(out, "best_model.pdparams")
     metrics = json.loads(mrtdetr("eval", "-c", CONFIG, "-o", f"weights={best}")[-1])
     assert 0.0 <= metrics["mask_AP"] <= 1.0

@@ -19,9 +19,10 @@ import pytest
 
 import mrtdetr_lib as mrt
 from mrtdetr_lib.engine.checkpoint import atomic_save
-from mrtdetr_lib.engine.ema import ModelEMA
-from mrtdetr_lib.engine.log import plot_log, read_log
-from mrtdetr_lib.engine.trainer import EpochBatchSampler, Trainer, build_optimizer
+from mrtdetr_lib.engine.ema import ModelEMA, ramped_decay
+from mrtdetr_lib.engine.log import WeightTrace, plot_log, read_log
+from mrtdetr_lib.engine.trainer import (EpochBatchSampler, Trainer, build_optimizer,
+                                        global_grad_norm, lr_multipliers)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -209,6 +210,33 @@ def test_resume_is_bit_exact(toy, tmp_path):
     assert losses == resumed  # the same batches, augmentations and loss noise, in order
 
 
+def test_lr_multiplier_table_and_global_grad_norm(toy):
+    model = toy.Toy()
+    rows = {(prefix, mult): n for prefix, mult, n in lr_multipliers(model, depth=1)}
+    assert rows == {("conv", "0.5"): 3 * 4 * 9, ("conv", "1"): 4,  # only the weight is halved
+                    ("bn", "1"): 8, ("bn", "frozen"): 8, ("frozen", "frozen"): 4,
+                    ("fc", "1"): 4 * 2 + 2}
+    batch = {k: paddle.to_tensor(v[None]) for k, v in toy.ToyData()[(0, 0)].items()}
+    model(batch)["pred"].sum().backward()
+    grads = [p.grad.numpy() for p in model.parameters() if not p.stop_gradient]
+    assert global_grad_norm(model) == pytest.approx(
+        math.sqrt(sum((g.astype("float64") ** 2).sum() for g in grads)), rel=1e-5)
+
+
+def test_weight_trace_and_saved_curves(toy, tmp_path):
+    trainer = _toy_trainer(toy, tmp_path, max_iters=4)
+    trace = WeightTrace(trainer, "fc.weight", index=1)
+    trainer.callbacks.append(trace)
+    start = float(trainer.model.fc.weight.flatten()[1])
+    trainer.train()
+    assert trace.steps == [1, 2, 3, 4] and trace.raw[-1] == float(trainer.model.fc.weight[0, 1])
+    # the EMA average starts at 0: after one update it is (1 - d0) * w1
+    d0 = ramped_decay(0, trainer.ema.decay)
+    assert trace.ema[0] == pytest.approx((1 - d0) * trace.raw[0], rel=1e-5)
+    assert trace.raw[0] != start
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"  # written at the end
+
+
 def test_generator_api_callbacks_and_log_plot(toy, tmp_path):
     import matplotlib
     matplotlib.use("Agg")
@@ -303,6 +331,9 @@ def test_sigterm_stops_after_a_step_saves_and_resumes(toy, tmp_path):
     steps = int(out.split("result SIGTERM ")[1].split()[0])
     assert paddle.load(str(tmp_path / "last.pdckpt"))["global_step"] == steps
     assert len(read_log(str(log))) == steps
+    assert (tmp_path / "curves.png").exists()
+    rest = _toy_trainer(toy, tmp_path, max_iters=steps + 2, resume=str(tmp_path / "last.pdckpt"))
+    assert rest.global_step == steps and rest.train()["steps"] == steps + 2
 
 
 def test_sync_batch_norm_conversion_keeps_frozen_norms():
@@ -385,8 +416,16 @@ def test_tiny_model_resume_is_bit_exact(shapes, tmp_path):
         return trainer
 
     one = run(tmp_path / "one", max_iters=6)
-    run(tmp_path / "two", max_iters=3)
-    rest = run(tmp_path / "two", max_iters=6, resume=str(tmp_path / "two" / "last.pdckpt"))
+    half = run(tmp_path / "two", max_iters=3)
+    halfway = {n: v.numpy().copy() for n, v in half.model.state_dict().items()}
+    paddle.seed(123)  # whatever the process did before: the checkpoint's RNG states take over
+    rest = Trainer(_tiny_cfg(shapes, tmp_path / "two", max_iters=6,
+                             resume=str(tmp_path / "two" / "last.pdckpt")), progress=False)
+    assert (rest.global_step, rest.epoch, rest.step_in_epoch) == (3, 0, 3)  # 4 batches/epoch
+    rest.train()
+    moved = [n for n, v in rest.model.state_dict().items()
+             if not np.array_equal(v.numpy(), halfway[n])]
+    assert len(moved) > 100  # the last 3 steps really trained
     for name, value in one.model.state_dict().items():
         np.testing.assert_array_equal(rest.model.state_dict()[name].numpy(), value.numpy(),
                                       err_msg=name)
@@ -417,3 +456,36 @@ def test_tiny_model_trains_evaluates_and_keeps_the_best(shapes, tmp_path):
     for name, before in frozen.items():  # frozen stem, frozen norms' statistics never move
         np.testing.assert_array_equal(trainer.model.state_dict()[name].numpy(), before)
     assert (tmp_path / "model_final.pdparams").exists() and (tmp_path / "config.yml").exists()
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@needs_loss
+def test_tiny_model_two_processes_with_gloo_on_cpu(shapes, tmp_path):
+    """The real loss across 2 CPU processes: DataParallel, all-reduced gt count, rank-0 files."""
+    script = tmp_path / "dist_tiny.py"
+    script.write_text(textwrap.dedent(f'''
+        import numpy as np
+        import mrtdetr_lib as mrt
+        from mrtdetr_lib.engine.trainer import Trainer
+        cfg = mrt.get_config("tiny")
+        cfg.data.dataset_dir, cfg.data.num_workers, cfg.data.batch_size = {str(shapes)!r}, 0, 2
+        cfg.data.train_sizes, cfg.model.eval_size = [96, 128], (128, 128)
+        cfg.train.output_dir, cfg.train.max_iters = {str(tmp_path / "out")!r}, 2
+        t = Trainer(cfg, progress=False)
+        t.train()
+        np.savez({str(tmp_path)!r} + f"/rank{{t.rank}}.npz",
+                 **{{n: p.numpy() for n, p in t.model.named_parameters() if not p.stop_gradient}})
+    '''))
+    env = {**os.environ, "PADDLE_DISTRI_BACKEND": "gloo", "MRTDETR_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node",
+                           "2", "--log_dir", str(tmp_path / "log"), str(script)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=240)
+    logs = "".join(p.read_text() for p in (tmp_path / "log").glob("workerlog.*"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + logs[-3000:]
+    ranks = [np.load(tmp_path / f"rank{r}.npz") for r in (0, 1)]
+    assert len(ranks[0].files) > 100
+    for name in ranks[0].files:  # gradients all-reduced: both ranks hold the same weights
+        np.testing.assert_array_equal(ranks[0][name], ranks[1][name], err_msg=name)
+    records = read_log(str(tmp_path / "out" / "train_log.jsonl"))
+    assert [r["step"] for r in records] == [1, 2]  # rank 0 logs, once per step
+    assert paddle.load(str(tmp_path / "out" / "last.pdckpt"))["global_step"] == 2

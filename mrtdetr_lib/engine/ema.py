@@ -16,6 +16,11 @@ from paddle import nn
 RAMP_STEPS = 2000  # ppdet's fixed time constant of the exponential ramp (not a config option)
 
 
+def ramped_decay(step: int, decay: float) -> float:
+    """The decay of update number `step` (0-based): ~0 at first, `decay` after ~5 x 2000 steps."""
+    return decay * (1 - math.exp(-(step + 1) / RAMP_STEPS))
+
+
 def _batch_norm_stats(model: nn.Layer) -> set:
     """Names of BatchNorm running statistics: paddle stores them as stop-gradient parameters."""
     names = set()
@@ -45,7 +50,7 @@ class ModelEMA:
 
     def current_decay(self) -> float:
         """The decay used by the next update: ramps from ~0 towards `decay`."""
-        return self.decay * (1 - math.exp(-(self.step + 1) / RAMP_STEPS))
+        return ramped_decay(self.step, self.decay)
 
     @paddle.no_grad()
     def update(self, model: nn.Layer) -> None:

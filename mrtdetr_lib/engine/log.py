@@ -62,6 +62,40 @@ def plot_log(log: Union[str, Iterable[Record]], axes: Any = None, smooth: int = 
     return axes
 
 
+def save_curves(log_path: str, image_path: str, smooth: int = 10) -> str:
+    """`plot_log` of a log file written to a PNG (no pyplot: safe inside a notebook or a
+    headless run); returns `image_path`."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(10, 3.5))
+    plot_log(log_path, figure.subplots(1, 2), smooth)
+    figure.tight_layout()
+    tmp = image_path + ".tmp.png"  # written aside, then renamed: a reader never sees half a PNG
+    figure.savefig(tmp, dpi=100)
+    os.replace(tmp, image_path)
+    return image_path
+
+
+class WeightTrace:
+    """Trainer callback: one entry of a parameter, raw and EMA, after every step (`.steps`,
+    `.raw`, `.ema` lists), to see what the moving average does."""
+
+    def __init__(self, trainer: Any, name: str, index: int = 0):
+        self.trainer, self.name, self.index = trainer, name, index
+        self.steps: List[int] = []
+        self.raw: List[float] = []
+        self.ema: List[float] = []
+
+    def __call__(self, record: Record) -> None:
+        if record["kind"] != "train":
+            return
+        raw = self.trainer.model.state_dict()[self.name]
+        ema = self.trainer.ema.shadow[self.name] if self.trainer.ema else raw
+        self.steps.append(record["step"])
+        self.raw.append(float(raw.flatten()[self.index]))
+        self.ema.append(float(ema.flatten()[self.index]))
+
+
 class LivePlot:
     """Trainer callback that redraws `plot_log` in a notebook every `every` steps and after eval."""
 

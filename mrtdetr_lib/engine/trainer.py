@@ -36,7 +36,7 @@ from .checkpoint import (atomic_save, optimizer_state, rng_state, set_optimizer_
                          set_rng_state)
 from .ema import ModelEMA
 from .evaluator import evaluate, summary
-from .log import JsonLinesLog, Record
+from .log import JsonLinesLog, Record, save_curves
 
 CHECKPOINT_FORMAT = "mrtdetr-trainer-v1"
 
@@ -59,6 +59,25 @@ def build_optimizer(model: nn.Layer, base_lr: float, weight_decay: float, warmup
     optimizer = paddle.optimizer.AdamW(learning_rate=scheduler, parameters=params,
                                        weight_decay=weight_decay, grad_clip=clip)
     return optimizer, scheduler
+
+
+def lr_multipliers(model: nn.Layer, depth: int = 3) -> List[Tuple[str, str, int]]:
+    """Parameters grouped by the first `depth` parts of their names and their ParamAttr lr
+    multiplier ("frozen" when not trained): rows (prefix, multiplier, number of weights)."""
+    rows: Dict[Tuple[str, str], int] = {}
+    for name, p in model.named_parameters():
+        mult = "frozen" if p.stop_gradient else f"{p.optimize_attr['learning_rate']:g}"
+        key = (".".join(name.split(".")[:depth]), mult)
+        rows[key] = rows.get(key, 0) + int(np.prod(p.shape))
+    return [(prefix, mult, count) for (prefix, mult), count in rows.items()]
+
+
+def global_grad_norm(model: nn.Layer) -> float:
+    """sqrt of the sum of every trainable gradient squared: what ClipGradByGlobalNorm compares
+    with clip_grad_norm (above it, all gradients are scaled by clip / norm)."""
+    squares = [paddle.sum(p.grad.astype("float32") ** 2) for p in model.parameters()
+               if not p.stop_gradient and p.grad is not None]
+    return math.sqrt(float(paddle.add_n(squares))) if squares else 0.0
 
 
 class EpochBatchSampler:
@@ -100,6 +119,9 @@ class Trainer:
                  eval_data: Any = None, callbacks: Sequence[Callable[[Record], None]] = (),
                  progress: bool = True):
         self.cfg, tc = cfg, cfg.train
+        if tc.target_metrics not in ("mask", "bbox"):  # the AP that picks best_model
+            raise ValueError(f"train.target_metrics must be 'mask' or 'bbox', got "
+                             f"{tc.target_metrics!r}")
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         if self.world > 1 and not dist.is_initialized():
             dist.init_parallel_env()
@@ -199,6 +221,7 @@ class Trainer:
 
     def _save_on_stop(self) -> None:
         self.save_checkpoint()
+        self.save_curves()
         self._print(f"stopped at step {self.global_step} ({self.stop_reason}); "
                     f"continue with -r {self.checkpoint_path}")
 
@@ -235,12 +258,14 @@ class Trainer:
             self.save_checkpoint()
             if tc.eval:
                 yield self._eval_record()
+            self.save_curves()
 
     def _finish(self) -> Iterator[Record]:
         self.save_checkpoint()
         self.save_weights("model_final")
         if self.cfg.train.eval and self.last_eval_step != self.global_step:
             yield self._eval_record()
+        self.save_curves()
 
     def _eval_record(self) -> Record:
         record = {"kind": "eval", "step": self.global_step, "epoch": self.epoch,
@@ -283,6 +308,13 @@ class Trainer:
         path = os.path.join(self.cfg.train.output_dir, name + ".pdparams")
         atomic_save(self.weights(), path)
         return path
+
+    def save_curves(self) -> Optional[str]:
+        """Write `<output_dir>/curves.png` (loss and eval AP against step) from the log."""
+        if not self.is_main or not os.path.exists(self.log.path):
+            return None
+        return save_curves(self.log.path, os.path.join(self.cfg.train.output_dir, "curves.png"),
+                           smooth=self.cfg.train.log_iter)
 
     def state_dict(self) -> Dict[str, Any]:
         """Everything a resume needs, RNG states included."""
