@@ -8,9 +8,11 @@ import pytest
 from conftest import reference_dir
 
 from mrtdetr_lib.model import build_model
-from mrtdetr_lib.model.inspect import (boxes_to_pixels, count_parameters, format_parameter_table,
-                                       forward_intermediates, heatmap, manifest_shapes,
-                                       masks_to_pixels, model_shapes, parameter_table)
+from mrtdetr_lib.model.inspect import (boxes_to_pixels, count_parameters, draw_boxes,
+                                       fit_one_batch, format_parameter_table,
+                                       forward_intermediates, heatmap, labelled_image,
+                                       manifest_shapes, masks_to_pixels, model_shapes,
+                                       parameter_table)
 
 
 def _tiny_and_inputs(batch: int = 2, **overrides):
@@ -115,3 +117,23 @@ def test_display_helpers():
     pixels = masks_to_pixels(logits, (8, 8))
     assert pixels.shape == (1, 8, 8) and pixels[0, :3, :3].all() and not pixels[0, 5:, 5:].any()
     assert masks_to_pixels(np.zeros((0, 4, 4)), (8, 8)).shape == (0, 8, 8)
+    canvas = draw_boxes(np.zeros((10, 10, 3), np.uint8), [[2, 2, 8, 8]], colour=(255, 0, 0))
+    assert canvas[2, 2].tolist() == [255, 0, 0] and canvas[5, 5].tolist() == [0, 0, 0]
+
+
+def test_labelled_image_and_fit_one_batch(tmp_path):
+    from mrtdetr_lib import build_criterion
+    from mrtdetr_lib.data.shapes import make_shapes
+
+    make_shapes(str(tmp_path), num_train=1, num_val=2, progress=False)
+    batch = labelled_image(str(tmp_path / "val"), str(tmp_path / "instances_val.json"), 1,
+                           (128, 128))
+    assert batch["image"].shape == (1, 3, 128, 128)
+    assert batch["gt_segm"][0].shape[1:] == (128, 128)
+    assert len(batch["gt_class"][0]) == len(batch["gt_bbox"][0]) >= 1
+    assert (batch["gt_bbox"][0] > 0).all() and (batch["gt_bbox"][0] <= 1).all()  # cxcywh 0..1
+    model, _ = _tiny_and_inputs(1, eval_size=None)
+    losses = fit_one_batch(model, build_criterion(num_classes=4, num_sample_points=256), batch,
+                           steps=4)
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    assert not model.training

@@ -1,5 +1,6 @@
 """Looking inside the model for teaching: every intermediate tensor of one eval forward pass,
-and parameter counts per part next to PaddleDetection's manifests.
+parameter counts per part next to PaddleDetection's manifests, and a model that has memorised
+one image (so that an untrained chapter-02 model still shows meaningful pictures).
 
 `forward_intermediates` runs the backbone and neck once with forward hooks (to catch the AIFI
 input/output without repeating the neck's code), then the decoder stage step by step through the
@@ -37,6 +38,20 @@ def boxes_to_pixels(boxes: Array, size: Sequence[int]) -> np.ndarray:
     h, w = size
     center, extent = boxes[..., :2] * [w, h], boxes[..., 2:] * [w, h]
     return np.concatenate([center - extent / 2, center + extent / 2], -1)
+
+
+def draw_boxes(image: np.ndarray, boxes_xyxy: Array, thickness: int = 1,
+               colour: Optional[Sequence[int]] = None) -> np.ndarray:
+    """RGB uint8 image with x1, y1, x2, y2 pixel boxes [n, 4] drawn (one palette colour per box,
+    or `colour` for all); no labels, so dozens of boxes stay readable."""
+    from ..viz import PALETTE
+
+    canvas = np.ascontiguousarray(image, np.uint8).copy()
+    for i, box in enumerate(np.asarray(boxes_xyxy, np.float32).reshape(-1, 4)):
+        x1, y1, x2, y2 = (int(round(float(v))) for v in box)
+        rgb = colour if colour is not None else PALETTE[i % len(PALETTE)].tolist()
+        cv2.rectangle(canvas, (x1, y1), (x2 - 1, y2 - 1), [int(c) for c in rgb], thickness)
+    return canvas
 
 
 def masks_to_pixels(mask_logits: Array, size: Sequence[int]) -> np.ndarray:
@@ -202,3 +217,42 @@ def forward_intermediates(model: paddle.nn.Layer, inputs: Dict[str, paddle.Tenso
         if was_training:
             model.train()
     return out
+
+
+def labelled_image(image_dir: str, anno_path: str, index: int, size: Sequence[int]
+                   ) -> Dict[str, Any]:
+    """Image `index` of a COCO data set with its targets, resized to `size` (h, w) with no
+    augmentation -> a batch of one as numpy (image, im_shape, scale_factor, gt_class, gt_bbox,
+    gt_segm lists), the training reader's format (chapter 01)."""
+    from ..data import transforms as T  # here: model/ itself never depends on data/
+    from ..data.coco import COCOInstanceDataset
+    from ..data.loader import Collate
+
+    steps = [T.Decode(), T.Poly2Mask(), T.Resize(size, cv2.INTER_CUBIC), T.NormalizeImage(),
+             T.NormalizeBox(), T.BboxXYXY2XYWH(), T.Permute()]
+    dataset = COCOInstanceDataset(image_dir, anno_path, steps, train=True,
+                                  collate_fn=Collate([]))
+    return dataset.collate_fn([dataset[(index, 0)]])
+
+
+def fit_one_batch(model: paddle.nn.Layer, criterion: paddle.nn.Layer,
+                  batch: Dict[str, Any], steps: int = 40, lr: float = 1e-3) -> List[float]:
+    """Train on one batch `steps` times (AdamW, clip 0.1) -> the loss per step; the classic
+    sanity check that a detector can memorise a few objects. Leaves the model in eval mode."""
+    inputs = {key: ([paddle.to_tensor(v) for v in value] if isinstance(value, list)
+                    else paddle.to_tensor(value))
+              for key, value in batch.items()
+              if key in ("image", "im_shape", "scale_factor", "gt_class", "gt_bbox", "gt_segm")}
+    optimizer = paddle.optimizer.AdamW(learning_rate=lr, parameters=model.parameters(),
+                                       weight_decay=1e-4,
+                                       grad_clip=paddle.nn.ClipGradByGlobalNorm(0.1))
+    model.train()
+    losses = []
+    for _ in range(steps):
+        loss = criterion(model(inputs), inputs)["loss"]
+        loss.backward()
+        optimizer.step()
+        optimizer.clear_grad()
+        losses.append(float(loss))
+    model.eval()
+    return losses
