@@ -1,0 +1,204 @@
+"""Deployment latency on CPU (and GPU where TensorRT runs): one JSON line per measurement.
+
+    python bench/bench_deploy.py [--backends eager paddle-inference ort ort-int8 trt]
+        [--archs tiny s l] [--queries 300 100] [--batches 1 4] [--runs 10] [--quick] [--int8]
+
+Backends: `eager` (the library model, paddle dynamic graph), `paddle-inference`
+(export.PaddlePredictor on the jit.save'd program), `ort` (export.OnnxPredictor, fp32),
+`ort-int8` (the same ONNX quantised by export.quantize_onnx: int8 convolutions calibrated on
+random images), `trt` (FP16 TensorRT engine, only where `tensorrt_available()` is None; else a
+`skipped` line with the reason). Each (arch, num_queries, batch) is exported once per batch size
+(fixed-batch exports) into `--exports` (default: a temporary folder). Inputs are random at the
+preset's eval size; the weights are random too: latency does not depend on their values. The
+`tiny` preset has 100 queries, so for it `--queries 300` means its own 100 and `--queries 100`
+means 50 (see `queries_note`). `median_ms` is the median of `--runs` timed calls after
+`--warmup` untimed ones. Targets on the 2-core machine: `ort`, l at 640, batch 1, 300 queries,
+<= 800 ms (PaddleDetection's own export there), and `ort-int8` >= 1.5x faster than `ort`
+(`speedup_vs_ort`). Speeds are only meaningful on an otherwise idle machine.
+"""
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+import mrtdetr_lib as mrt
+
+BACKENDS = ("eager", "paddle-inference", "ort", "ort-int8", "trt")
+TINY_QUERIES = {300: 100, 100: 50}  # tiny's preset has 100 queries: its own, and fewer
+TARGET_ORT_MS = {("l", 640, 1, 300): 800}
+TARGET_INT8_SPEEDUP = 1.5
+
+
+def timed(fn: Callable[[], object], warmup: int, runs: int) -> List[float]:
+    """Seconds of each of `runs` calls of fn, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    seconds = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def random_inputs(batch: int, size, seed: int = 0) -> Dict[str, np.ndarray]:
+    """image [B, 3, H, W] in 0..1, im_shape = size, scale_factor = 1 (numpy float32)."""
+    rng = np.random.default_rng(seed)
+    return {"image": rng.random((batch, 3, *size), dtype=np.float32),
+            "im_shape": np.array([size] * batch, np.float32),
+            "scale_factor": np.ones((batch, 2), np.float32)}
+
+
+def calibration_images(count: int = 4, size=(480, 640)) -> List[np.ndarray]:
+    """Smooth random RGB images: int8 speed does not depend on the calibrated ranges."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (count, size[0] // 16, size[1] // 16, 3), dtype=np.uint8)
+    return [cv2.resize(s, size[::-1], interpolation=cv2.INTER_CUBIC) for s in small]
+
+
+def predictors(backends: List[str], model, folder: Path, name: str, batch: int,
+               threads: int) -> Dict[str, Callable]:
+    """backend -> callable(numpy inputs), exporting what the backends need; unavailable -> str."""
+    from mrtdetr_lib.export import (OnnxPredictor, PaddlePredictor, export_onnx,
+                                    tensorrt_available)
+    from mrtdetr_lib.export.quantize import calibration_inputs, quantize_onnx
+
+    out: Dict[str, Callable] = {}
+    if "eager" in backends:
+        out["eager"] = eager_predictor(model)
+    if set(backends) & {"paddle-inference", "ort", "ort-int8"}:
+        onnx_path = export_onnx(model, folder, name, batch=batch)  # writes the paddle one too
+    if "paddle-inference" in backends:
+        out["paddle-inference"] = PaddlePredictor(folder / f"{name}_b{batch}_paddle",
+                                                  threads=threads)
+    if "ort" in backends:
+        out["ort"] = OnnxPredictor(onnx_path, threads=threads)
+    if "ort-int8" in backends:
+        int8_path = quantize_onnx(onnx_path, folder / f"{name}_b{batch}_int8.onnx",
+                                  calibration_inputs(calibration_images(), onnx_path))
+        out["ort-int8"] = OnnxPredictor(int8_path, threads=threads)
+    if "trt" in backends:
+        reason = tensorrt_available()
+        out["trt"] = reason or trt_predictor(model, folder, name, batch)
+    return out
+
+
+def eager_predictor(model) -> Callable:
+    """The library model on numpy inputs, without gradients."""
+    import paddle
+
+    def run(inputs: Dict[str, np.ndarray]):
+        with paddle.no_grad():
+            return model({k: paddle.to_tensor(v) for k, v in inputs.items()})
+    return run
+
+
+def trt_predictor(model, folder: Path, name: str, batch: int) -> Callable:
+    """FP16 engine of the baked export (the seed's trt=True), fed only the image."""
+    from mrtdetr_lib.export import TrtPredictor, build_trt_engine, export_onnx
+
+    baked = export_onnx(model, folder / "baked", name, batch=batch, bake=True)
+    predictor = TrtPredictor(build_trt_engine(baked, fp16=True))
+    return lambda inputs: predictor({"image": inputs["image"]})
+
+
+def measure(arch: str, queries: int, batch: int, args, folder: Path) -> List[Dict]:
+    """Every backend on one (arch, num_queries, batch) -> JSON-ready dicts."""
+    import paddle
+
+    preset = mrt.model_config(arch)
+    num_queries = TINY_QUERIES.get(queries, queries) if arch == "tiny" else queries
+    paddle.seed(0)
+    model = mrt.build_model(arch, num_queries=num_queries,
+                            num_top_queries=min(preset.num_top_queries, num_queries))
+    model.eval()
+    size = tuple(preset.eval_size)
+    inputs = random_inputs(batch, size)
+    common = {"arch": arch, "size": list(size), "num_queries": num_queries, "batch": batch,
+              "threads": args.threads, "weights": "random (latency does not depend on them)"}
+    if arch == "tiny":
+        common["queries_note"] = f"tiny preset has {preset.num_queries} queries: {queries} -> " \
+                                 f"{num_queries}"
+    lines = []
+    for backend, run in predictors(args.backends, model, folder, f"{arch}_q{num_queries}",
+                                   batch, args.threads).items():
+        if isinstance(run, str):
+            lines.append({"backend": backend, **common, "skipped": run})
+            continue
+        seconds = timed(lambda: run(inputs), args.warmup, args.runs)
+        lines.append({"backend": backend, **common, "runs": args.runs,
+                      "median_ms": round(1000 * statistics.median(seconds), 1),
+                      "min_ms": round(1000 * min(seconds), 1)})
+    add_targets(lines, arch, size[0], batch, num_queries)
+    return lines
+
+
+def add_targets(lines: List[Dict], arch: str, size: int, batch: int, queries: int) -> None:
+    """The issue's targets: fp32 ORT time for L, int8 speed-up over fp32 ORT."""
+    by_backend = {line["backend"]: line for line in lines if "median_ms" in line}
+    ort = by_backend.get("ort")
+    target = TARGET_ORT_MS.get((arch, size, batch, queries))
+    if ort and target:
+        ort.update(target_ms=target, meets_target=ort["median_ms"] <= target)
+    int8 = by_backend.get("ort-int8")
+    if ort and int8:
+        speedup = round(ort["median_ms"] / int8["median_ms"], 2)
+        int8.update(speedup_vs_ort=speedup, target_speedup=TARGET_INT8_SPEEDUP,
+                    meets_target=speedup >= TARGET_INT8_SPEEDUP)
+
+
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backends", nargs="+", default=["eager", "paddle-inference", "ort",
+                                                          "trt"], choices=BACKENDS)
+    parser.add_argument("--int8", action="store_true", help="add the ort-int8 backend")
+    parser.add_argument("--archs", nargs="+", default=["tiny", "s", "l"], choices=list(mrt.ARCHS))
+    parser.add_argument("--queries", type=int, nargs="+", default=[300, 100],
+                        help="num_queries (tiny: 300 -> its own 100, 100 -> 50)")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--runs", type=int, default=None, help="timed runs (default 10; 3 quick)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="untimed runs (default 2; 1 quick)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads of every backend (0: env MRTDETR_THREADS, else all)")
+    parser.add_argument("--exports", default=None,
+                        help="folder for the exports (default: a temporary folder)")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny, 100 queries, batch 1, few runs (also with MRTDETR_QUICK=1)")
+    args = parser.parse_args(argv)
+    quick = args.quick or mrt.quick_mode()
+    if args.quick:
+        args.archs, args.queries, args.batches = ["tiny"], [300], [1]
+    if args.int8 and "ort-int8" not in args.backends:
+        args.backends.append("ort-int8")
+    args.runs = args.runs or (3 if quick else 10)
+    args.warmup = args.warmup if args.warmup is not None else (1 if quick else 2)
+    args.threads = mrt.set_num_threads(args.threads)  # paddle; passed on to the predictors
+    return args
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench_deploy.") as tmp:
+        folder = Path(args.exports or tmp)
+        for arch in args.archs:
+            for queries in args.queries:
+                for batch in args.batches:
+                    for line in measure(arch, queries, batch, args, folder):
+                        print(json.dumps(line), flush=True)
+                    gc.collect()  # free one configuration's sessions before the next
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
