@@ -237,6 +237,17 @@ def test_weight_trace_and_saved_curves(toy, tmp_path):
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"  # written at the end
 
 
+def test_log_restarts_on_a_fresh_run_and_forgets_steps_after_the_checkpoint(toy, tmp_path):
+    _toy_trainer(toy, tmp_path, max_iters=4).train()
+    _toy_trainer(toy, tmp_path, max_iters=5).train()  # a new run in the same folder
+    log = str(tmp_path / "train_log.jsonl")
+    assert [r["step"] for r in read_log(log)] == [1, 2, 3, 4, 5]
+    with open(log, "a") as f:  # steps 6, 7 logged, then a kill before the next checkpoint
+        f.write('{"kind": "train", "step": 6}\n{"kind": "train", "step": 7}\n')
+    _toy_trainer(toy, tmp_path, max_iters=8, resume=str(tmp_path / "last.pdckpt")).train()
+    assert [r["step"] for r in read_log(log)] == list(range(1, 9))
+
+
 def test_generator_api_callbacks_and_log_plot(toy, tmp_path):
     import matplotlib
     matplotlib.use("Agg")

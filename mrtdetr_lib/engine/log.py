@@ -22,6 +22,17 @@ class JsonLinesLog:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
+    def keep_until(self, step: int) -> None:
+        """Drop the records after `step` (0: all): a fresh run starts a new log, a resumed one
+        forgets the steps done after its checkpoint (they are done again)."""
+        if not os.path.exists(self.path):
+            return
+        kept = [r for r in read_log(self.path) if r.get("step", 0) <= step] if step else []
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in kept)
+        os.replace(tmp, self.path)
+
 
 def read_log(path: str) -> List[Record]:
     """The records of a `train_log.jsonl` (a torn last line from a kill is skipped)."""

@@ -13,7 +13,7 @@ auto_cast does nothing (it warns "amp_guard can only be enabled on CUDAPlace, XP
 CustomPlace", for float16 and bfloat16 alike), so the Trainer warns once and trains in float32.
 Multi-process (GPUs, or CPU processes over gloo): `python -m paddle.distributed.launch
 --nproc_per_node N $(which mrtdetr) train -c ...`; DataParallel, each rank its own shard of every
-epoch, rank 0 logs and writes files.
+epoch, rank 0 logs and writes files. Tested with 2 CPU processes (PADDLE_DISTRI_BACKEND=gloo).
 """
 
 import dataclasses
@@ -161,6 +161,8 @@ class Trainer:
         self.last_eval_step: Optional[int] = None
         if tc.resume:
             self.load_checkpoint(tc.resume)
+        if self.is_main:  # the log holds this run's steps only, once each
+            self.log.keep_until(self.global_step)
 
     # ------------------------------------------------------------------ the loop
     @property
