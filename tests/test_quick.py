@@ -14,9 +14,14 @@ SMALL = dict(steps=2, image_size=96, num_train=8, num_val=2, progress=False)
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """Two quick runs with the same settings in two separate caches."""
+    """Two quick runs with the same settings in two separate caches, 1 and 2 threads set."""
     root = tmp_path_factory.mktemp("quick")
-    return [tiny_shapes_checkpoint(cache=root / name, **SMALL) for name in ("a", "b")], root
+    paths = []
+    for name, threads in (("a", 1), ("b", 2)):
+        mrt.set_num_threads(threads)  # the helper trains with QUICK_THREADS whatever is set
+        paths.append(tiny_shapes_checkpoint(cache=root / name, **SMALL))
+    mrt.set_num_threads()
+    return paths, root
 
 
 def test_same_settings_give_the_same_weights(trained):
@@ -35,8 +40,9 @@ def test_cached_run_is_reused_and_keeps_only_what_is_needed(trained, monkeypatch
     assert tiny_shapes_checkpoint(cache=root / "a", **SMALL) == first
     folder = quick_folder(quick_settings(2, 96, 8, 2), root / "a")
     assert str(folder / "model_final.pdparams") == first
-    names = sorted(p.name for p in folder.iterdir())
-    assert names == ["config.yml", "model_final.pdparams", "shapes", "train_log.jsonl"]
+    names = {p.name for p in folder.iterdir()}
+    assert {"config.yml", "model_final.pdparams", "shapes", "train_log.jsonl"} <= names
+    assert "last.pdckpt" not in names  # the optimiser state is not needed to use the model
     assert [p.name for p in (root / "a" / "quick").iterdir()] == [folder.name]  # no temp left
 
 
@@ -85,3 +91,17 @@ def test_too_small_images_are_refused():
     with pytest.raises(ValueError, match="multiple of 32 and >= 96"):
         quick_settings(image_size=64)
     assert mrt.tiny_shapes_checkpoint is tiny_shapes_checkpoint
+
+
+def test_relative_data_folder_is_found_in_the_project(tmp_path, monkeypatch):
+    """A full run's config.yml says `dataset/shapes`, relative to where `mrtdetr train` ran."""
+    (tmp_path / "project" / "dataset" / "shapes").mkdir(parents=True)
+    run = tmp_path / "project" / "output"
+    run.mkdir()
+    cfg = mrt.get_config("tiny")
+    cfg.data.dataset_dir = "dataset/shapes"
+    mrt.save_config(cfg, str(run / "config.yml"))
+    monkeypatch.setattr(quick, "ROOT", tmp_path / "project")
+    monkeypatch.chdir(tmp_path)
+    got = checkpoint_config(run / "best_model.pdparams").data.dataset_dir
+    assert got == str(tmp_path / "project" / "dataset" / "shapes")

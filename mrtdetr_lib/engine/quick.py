@@ -9,7 +9,8 @@ something. `tiny_shapes_checkpoint()` gives the path of one:
 3. otherwise a short quick training: `tiny` on a small shapes data set for a fixed number of
    steps (never a time budget, so the weights do not depend on the machine's speed), cached under
    `<cache>/quick/<settings>/`. Later calls with the same settings (the next notebook, the next
-   `make test`) reuse it. The same settings give the same weights.
+   `make test`) reuse it. The same settings give the same weights on the same kind of CPU
+   (training always uses QUICK_THREADS threads; another instruction set may round differently).
 
 Quick mode ignores a full run on purpose: notebook outputs are committed and checked by nbval,
 so they must come from the same deterministic weights on every machine.
@@ -31,7 +32,10 @@ from ..download import cache_dir
 PathLike = Union[str, Path]
 ROOT = Path(__file__).resolve().parents[2]  # the project folder (an editable install)
 FULL_MODEL = ROOT / "output" / "tiny_shapes" / "best_model.pdparams"
-QUICK_VERSION = 1  # bump when the quick recipe changes, so old caches are not reused
+QUICK_VERSION = 2  # bump when the quick recipe changes, so old caches are not reused
+# CPU kernels split their sums by thread, so the weights depend on the thread count: a fixed
+# count makes every machine of the same CPU kind train the same weights (nbval outputs).
+QUICK_THREADS = 2
 WEIGHTS_NAME = "model_final.pdparams"  # what the Trainer writes at the end of a run
 
 
@@ -103,16 +107,22 @@ def checkpoint_config(weights: PathLike) -> Config:
     if not path.is_file():
         raise FileNotFoundError(f"no config.yml next to {weights}: pass the Config it was "
                                 "trained with yourself (e.g. get_config('tiny'))")
-    return load_config(str(path))
+    cfg = load_config(str(path))
+    data_dir = cfg.data.dataset_dir
+    if not os.path.isabs(data_dir) and not os.path.isdir(data_dir) and (ROOT / data_dir).is_dir():
+        cfg.data.dataset_dir = str(ROOT / data_dir)  # `mrtdetr train` ran in the project folder
+    return cfg
 
 
 def _train_quick(settings: dict, folder: Path, progress: bool) -> None:
     """Build the data, train, keep weights + config + log; the folder appears only when done."""
+    from .. import set_num_threads
     from ..data.shapes import make_shapes
     from .trainer import Trainer
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
+    set_num_threads(QUICK_THREADS)
     try:
         make_shapes(str(work / "shapes"), settings["num_train"], settings["num_val"],
                     image_size=settings["image_size"], seed=settings["seed"], progress=False)
@@ -128,4 +138,5 @@ def _train_quick(settings: dict, folder: Path, progress: bool) -> None:
             if not (folder / WEIGHTS_NAME).is_file():
                 raise
     finally:
+        set_num_threads(0)  # back to the default (env MRTDETR_THREADS, else every core)
         shutil.rmtree(work, ignore_errors=True)
