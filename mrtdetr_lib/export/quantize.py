@@ -72,6 +72,9 @@ def quantize_onnx(onnx_path: PathLike, out_path: PathLike,
     if mode == "dynamic" and "Conv" in op_types:
         raise ValueError("dynamic mode cannot quantise Conv efficiently (ConvInteger is slower "
                          "than fp32 on CPU): use mode='static'")
+    feeds = list(calibration or [])
+    if mode == "static" and not feeds:
+        raise ValueError("mode='static' needs calibration feeds (see calibration_inputs)")
     with tempfile.TemporaryDirectory() as tmp, _quiet_root_logger():
         # shape inference + fp32 graph clean-up first, as onnxruntime recommends for quantising
         prepared = str(Path(tmp) / "prepared.onnx")
@@ -83,9 +86,6 @@ def quantize_onnx(onnx_path: PathLike, out_path: PathLike,
                                per_channel=True, weight_type=q.QuantType.QInt8,
                                nodes_to_exclude=excluded)
             return Path(out_path)
-        feeds = list(calibration or [])
-        if not feeds:
-            raise ValueError("mode='static' needs calibration feeds (see calibration_inputs)")
         # uint8 activations x int8 weights: the fast combination on VNNI CPUs
         q.quantize_static(prepared, str(out_path), _Reader(feeds), quant_format=q.QuantFormat.QDQ,
                           op_types_to_quantize=op_types, per_channel=True,
