@@ -170,14 +170,22 @@ def draw_predictions(cache: PredictionCache, index: int, score_threshold: float 
     at least `min_side` (labels stay readable on small images); returns (RGB, count)."""
     instances = filter_predictions(cache.predictions[index], score_threshold, mask_threshold,
                                    classes)
-    image = cache.images[index]
-    scale = max(1, -(-min_side // min(image.shape[:2])))  # a whole factor: pixels stay square
-    if scale > 1:
-        h, w = image.shape[:2]
-        image = cv2.resize(image, (w * scale, h * scale), interpolation=cv2.INTER_NEAREST)
-        instances["masks"] = instances["masks"].repeat(scale, 1).repeat(scale, 2)
-        instances["boxes"] = instances["boxes"] * scale
+    image, instances = enlarge(cache.images[index], instances, min_side)
     return draw_instances(image, instances, cache.class_names), len(instances["scores"])
+
+
+def enlarge(image: np.ndarray, instances: Dict[str, Any], min_side: int = 384
+            ) -> Tuple[np.ndarray, Dict[str, Any]]:
+    """Image [H,W,3] and its instances scaled up by the whole factor that brings the shorter
+    side to at least `min_side` (pixels stay square, masks stay exact); labels then fit."""
+    scale = max(1, -(-min_side // min(image.shape[:2])))
+    if scale == 1:
+        return image, instances
+    h, w = image.shape[:2]
+    instances = dict(instances, boxes=np.asarray(instances["boxes"]) * scale)
+    if instances.get("masks") is not None:
+        instances["masks"] = np.asarray(instances["masks"]).repeat(scale, 1).repeat(scale, 2)
+    return cv2.resize(image, (w * scale, h * scale), interpolation=cv2.INTER_NEAREST), instances
 
 
 def threshold_explorer(cache: PredictionCache, score_threshold: float = 0.5,

@@ -6,7 +6,7 @@ import pytest
 
 import mrtdetr_lib as mrt
 from mrtdetr_lib.model.postprocess import DETRPostProcess
-from mrtdetr_lib.viz import (PredictionCache, collect_predictions, draw_predictions,
+from mrtdetr_lib.viz import (PredictionCache, collect_predictions, draw_predictions, enlarge,
                              filter_predictions, threshold_explorer)
 
 
@@ -75,6 +75,10 @@ def test_draw_predictions_enlarges_and_counts():
     rgb, count = draw_predictions(_cache(), 0, score_threshold=0.5, min_side=32)
     assert rgb.shape == (32, 32, 3) and count == 2
     assert draw_predictions(_cache(), 1, 0.0, classes=[1], min_side=8)[1] == 1
+    image, big = enlarge(np.zeros((4, 4, 3), np.uint8), filter_predictions(_prediction()), 10)
+    assert image.shape == (12, 12, 3) and big["masks"].shape == (2, 12, 12)  # x3
+    assert big["boxes"][0].tolist() == [0, 0, 12, 6] and big["masks"][0, :6].all()
+    assert not big["masks"][0, 6:].any()
 
 
 def test_widgets_redraw_from_the_cache():
