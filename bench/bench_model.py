@@ -112,7 +112,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--threads", type=int, default=0,
                         help="paddle CPU threads (0: env MRTDETR_THREADS, else every core)")
     parser.add_argument("--quick", action="store_true",
-                        help="tiny only, batch 1, fewer runs (also with MRTDETR_QUICK=1)")
+                        help="tiny only, batch 1, 3 runs (MRTDETR_QUICK=1 only lowers runs)")
     parser.add_argument("--in-process", action="store_true",
                         help="measure here instead of one child process per configuration")
     args = parser.parse_args(argv)
