@@ -128,6 +128,8 @@ def _train_quick(settings: dict, folder: Path, progress: bool) -> None:
                     image_size=settings["image_size"], seed=settings["seed"], progress=False)
         cfg = quick_config(settings, folder / "shapes", work)
         cfg.data.dataset_dir = str(work / "shapes")  # trains from here; saved config: final
+        if not progress:  # quiet: no loss lines either
+            cfg.train.log_iter = 2**31
         trainer = Trainer(cfg, progress=progress)
         trainer.train()
         os.remove(trainer.checkpoint_path)  # optimiser state: not needed to use the model
