@@ -77,6 +77,10 @@ def test_static_quantises_convolutions_not_activation_products(fp32_onnx, int8_o
             assert node.input[1] in dequantized, f"{node.name}: weight not int8"
         if node.name in products:
             assert not set(node.input) & dequantized, f"{node.name} was quantised"
+    # the convolutions' Relus are folded into the int8 convs; the decoder MLPs' stay fp32
+    producer = {out: n.op_type for n in graph.node for out in n.output}
+    relu_inputs = [producer.get(n.input[0]) for n in graph.node if n.op_type == "Relu"]
+    assert "DequantizeLinear" not in relu_inputs and "Gemm" in relu_inputs
 
 
 def test_calibration_batches_repeat_the_last_image(tmp_path):
