@@ -60,15 +60,19 @@ def calibration_inputs(images: Sequence[Union[PathLike, np.ndarray]], onnx_path:
                        ) -> List[Dict[str, np.ndarray]]:
     """Image files (or RGB uint8 arrays) -> feeds for the model's fixed batch and size: the eval
     preprocessing of mrtdetr_lib.infer; a last partial batch repeats its final image."""
-    import onnxruntime as ort
+    import onnx
 
     from ..infer import preprocess, read_image
 
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    shapes = {i.name: i.shape for i in session.get_inputs()}
-    batch, _, height, width = shapes["image"]
     if not images:
         raise ValueError("static quantisation needs calibration images, got none")
+    if not Path(onnx_path).is_file():
+        raise FileNotFoundError(f"ONNX model not found: {onnx_path}")
+    graph = onnx.load(str(onnx_path)).graph
+    constants = {init.name for init in graph.initializer}
+    shapes = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim]
+              for i in graph.input if i.name not in constants}  # fixed-size export: all known
+    batch, _, height, width = shapes["image"]
     singles = [preprocess(read_image(str(im)) if not isinstance(im, np.ndarray) else im,
                           (height, width)) for im in images]
     singles += [singles[-1]] * (-len(singles) % batch)
