@@ -57,8 +57,9 @@ def random_inputs(batch: int, size, seed: int = 0) -> Dict[str, np.ndarray]:
             "scale_factor": np.ones((batch, 2), np.float32)}
 
 
-def calibration_images(count: int = 4, size=(480, 640)) -> List[np.ndarray]:
-    """Smooth random RGB images: int8 speed does not depend on the calibrated ranges."""
+def calibration_images(count: int = 2, size=(480, 640)) -> List[np.ndarray]:
+    """Smooth random RGB images: int8 speed does not depend on the calibrated ranges (few:
+    onnxruntime's calibrator keeps every activation of every image, GBs for L)."""
     import cv2
 
     rng = np.random.default_rng(0)
