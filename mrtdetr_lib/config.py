@@ -91,6 +91,7 @@ class DataConfig:
     eval_size: List[int] = field(default_factory=lambda: [640, 640])  # (h, w) of the EvalReader
     allow_empty: bool = False  # keep training images without annotations
     max_images: Optional[int] = None  # use only the first N images of each split (quick runs)
+    augment: bool = True  # False: only flip + multi-scale resize (no distort, expand, crop)
 
 
 @dataclass

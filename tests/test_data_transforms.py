@@ -183,3 +183,9 @@ def test_train_targets_match_the_reference_loss_inputs(ref_dir, tmp_path):
     np.testing.assert_array_equal(sample["gt_bbox"], ref["gt_bbox"])
     np.testing.assert_array_equal(sample["gt_class"], ref["gt_class"])
     assert sample["gt_segm"].sum((1, 2)).tolist() == gt["gt_segm_area"]
+
+
+def test_augment_off_keeps_only_flip_and_multiscale():
+    sample, batch = train_transforms([128, 160], augment=False)
+    assert [type(t).__name__ for t in sample] == ["Decode", "Poly2Mask", "RandomFlip"]
+    assert type(batch[0]).__name__ == "BatchRandomResize"

@@ -113,7 +113,7 @@ def build_dataset(cfg: DataConfig, split: str) -> COCOInstanceDataset:
     image_dir = os.path.join(cfg.dataset_dir, cfg.train_image_dir if train else cfg.val_image_dir)
     anno_path = os.path.join(cfg.dataset_dir, cfg.train_anno_path if train else cfg.val_anno_path)
     if train:
-        transforms, batch_transforms = train_transforms(cfg.train_sizes)
+        transforms, batch_transforms = train_transforms(cfg.train_sizes, cfg.augment)
     else:
         transforms, batch_transforms = eval_transforms(cfg.eval_size), []
     return COCOInstanceDataset(image_dir, anno_path, transforms, train=train,

@@ -321,10 +321,15 @@ def apply(transforms: Sequence[Callable], sample: Sample, rng: np.random.Generat
     return sample
 
 
-def train_transforms(train_sizes: Sequence[int]) -> Tuple[List[Callable], List[Callable]]:
-    """(sample transforms, batch transforms) of the Mask RT-DETR TrainReader."""
+def train_transforms(train_sizes: Sequence[int], augment: bool = True
+                     ) -> Tuple[List[Callable], List[Callable]]:
+    """(sample transforms, batch transforms) of the Mask RT-DETR TrainReader; `augment=False`
+    keeps only the flip and the multi-scale resize (short CPU runs learn faster without the
+    colour jitter, zoom-out and crops)."""
     sample = [Decode(), Poly2Mask(), RandomDistort(prob=0.8), RandomExpand(fill_value=EXPAND_FILL),
               RandomCrop(prob=0.8), RandomFlip()]
+    if not augment:
+        sample = [Decode(), Poly2Mask(), RandomFlip()]
     batch = [BatchRandomResize(train_sizes),
              ForEach(NormalizeImage(), NormalizeBox(), BboxXYXY2XYWH(), Permute())]
     return sample, batch
