@@ -51,7 +51,8 @@ class DETRPostProcess(nn.Layer):
         out = []
         for i in range(batch):
             resized = F.interpolate(masks[i:i + 1], size=[size[i, 0], size[i, 1]],
-                                    mode="bilinear", align_corners=False)[0]  # [k, h0, w0]
+                                    mode="bilinear", align_corners=False).squeeze(0)
+            # [k, h0, w0]; squeeze, not [0]: an exported slice copies ~40M values
             if self.return_probs:
                 binary = F.sigmoid(resized)  # not binary: probabilities, thresholded later
             else:
