@@ -131,7 +131,10 @@ def _train_quick(settings: dict, folder: Path, progress: bool) -> None:
         if not progress:  # quiet: no loss lines either
             cfg.train.log_iter = 2**31
         trainer = Trainer(cfg, progress=progress)
-        trainer.train()
+        result = trainer.train()
+        if result["stopped"]:  # Ctrl-C / SIGTERM: never cache a half-trained model
+            raise RuntimeError(f"quick training stopped at step {result['steps']} "
+                               f"({result['stopped']}); nothing cached")
         os.remove(trainer.checkpoint_path)  # optimiser state: not needed to use the model
         save_config(quick_config(settings, folder / "shapes", folder), str(work / "config.yml"))
         try:
