@@ -16,6 +16,9 @@ os.environ.setdefault("POLYGRAPHY_AUTOINSTALL_DEPS", "0")
 warnings.filterwarnings("ignore", message="No ccache found")
 # paddle says this for every BatchNorm in train mode, frozen ones included: noise, not news
 warnings.filterwarnings("ignore", message="When training, we now always track global mean")
+# paddle.jit.to_static (export) says this for every tensor it traces: noise as well
+warnings.filterwarnings("ignore", message="Tensor do not have 'place' interface")
+warnings.filterwarnings("ignore", message="Found 'dict' in given outputs")  # we name outputs
 
 import paddle  # noqa: E402
 
