@@ -105,3 +105,15 @@ def test_relative_data_folder_is_found_in_the_project(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     got = checkpoint_config(run / "best_model.pdparams").data.dataset_dir
     assert got == str(tmp_path / "project" / "dataset" / "shapes")
+
+
+def test_a_stopped_run_is_not_cached(tmp_path, monkeypatch):
+    from mrtdetr_lib.engine import trainer
+
+    def stopped_train(self):  # as if Ctrl-C / SIGTERM arrived after one step
+        return {"steps": 1, "epoch": 0, "last_eval": None, "best": {}, "stopped": "SIGTERM"}
+
+    monkeypatch.setattr(trainer.Trainer, "train", stopped_train)
+    with pytest.raises(RuntimeError, match="stopped at step 1"):
+        tiny_shapes_checkpoint(cache=tmp_path, **SMALL)
+    assert not quick_folder(quick_settings(2, 96, 8, 2, 0), tmp_path).exists()
