@@ -109,6 +109,7 @@ class TrainConfig:
     ema_decay: float = 0.9999
     ema_decay_type: str = "exponential"
     ema_filter_no_grad: bool = True
+    ema_ramp_steps: int = 2000  # time constant of the decay's ramp (ppdet: fixed 2000)
     amp: bool = False
     eval: bool = False  # evaluate after every `snapshot_epoch` epochs and keep the best
     target_metrics: str = "mask"  # "mask" or "bbox": the AP that picks the best checkpoint

@@ -173,6 +173,15 @@ def test_ema_exponential_ramp_skips_frozen_and_tracks_bn_stats(toy):
         ModelEMA(model, decay_type="threshold")
 
 
+def test_ema_ramp_steps_sets_how_soon_the_average_starts_to_lag(toy):
+    short = ModelEMA(toy.Toy(), decay=0.99, ramp_steps=10)
+    short.step = 49  # the 50th update: five ramps in, the decay is ~ the full 0.99
+    assert short.current_decay() == pytest.approx(0.99 * (1 - math.exp(-5)))
+    assert ramped_decay(49, 0.99) < 0.03  # ppdet's 2000-step ramp barely averages by then
+    with pytest.raises(ValueError, match="ema_ramp_steps"):
+        ModelEMA(toy.Toy(), ramp_steps=0)
+
+
 def test_sampler_is_fixed_by_epoch_skips_on_resume_and_shards_by_rank():
     s = EpochBatchSampler(10, 3, seed=1)
     s.set_epoch(2)

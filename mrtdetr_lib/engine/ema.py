@@ -3,7 +3,9 @@
 Mirrors PaddleDetection's `ppdet/optimizer/ema.py` `ModelEMA` as Mask RT-DETR configures it
 (`ema_decay 0.9999`, `ema_decay_type exponential`, `ema_filter_no_grad True`): the average starts
 at zero and the decay ramps up as `decay * (1 - exp(-(step + 1) / 2000))`, so early averages follow
-the model closely and no bias correction is needed. ppdet's other decay types (`threshold`,
+the model closely and no bias correction is needed. The 2000 is fixed in ppdet; here it is
+`ramp_steps` (config `ema_ramp_steps`), because a run of a few hundred steps on a CPU would
+otherwise never average at all. ppdet's other decay types (`threshold`,
 `normal`) are not used by any Mask RT-DETR config and are not implemented here.
 """
 
@@ -13,12 +15,12 @@ from typing import Dict
 import paddle
 from paddle import nn
 
-RAMP_STEPS = 2000  # ppdet's fixed time constant of the exponential ramp (not a config option)
+RAMP_STEPS = 2000  # ppdet's fixed time constant of the exponential ramp
 
 
-def ramped_decay(step: int, decay: float) -> float:
-    """The decay of update number `step` (0-based): ~0 at first, `decay` after ~5 x 2000 steps."""
-    return decay * (1 - math.exp(-(step + 1) / RAMP_STEPS))
+def ramped_decay(step: int, decay: float, ramp_steps: int = RAMP_STEPS) -> float:
+    """The decay of update number `step` (0-based): ~0 at first, `decay` after ~5 ramps."""
+    return decay * (1 - math.exp(-(step + 1) / ramp_steps))
 
 
 def _batch_norm_stats(model: nn.Layer) -> set:
@@ -34,11 +36,13 @@ class ModelEMA:
     """Shadow copy of `model.state_dict()` updated after every optimiser step."""
 
     def __init__(self, model: nn.Layer, decay: float = 0.9999, decay_type: str = "exponential",
-                 filter_no_grad: bool = True):
+                 filter_no_grad: bool = True, ramp_steps: int = RAMP_STEPS):
         if decay_type != "exponential":
             raise ValueError(f"ema_decay_type: only 'exponential' (Mask RT-DETR's) is implemented, "
                              f"got {decay_type!r}")
-        self.decay, self.step = decay, 0
+        if ramp_steps <= 0:
+            raise ValueError(f"ema_ramp_steps must be positive, got {ramp_steps}")
+        self.decay, self.ramp_steps, self.step = decay, ramp_steps, 0
         # Frozen weights (stem, frozen norms) are taken from the model as they are, not averaged:
         # averaging a constant from zero would shrink it. BN running statistics are averaged.
         bn_stats = _batch_norm_stats(model)
@@ -50,7 +54,7 @@ class ModelEMA:
 
     def current_decay(self) -> float:
         """The decay used by the next update: ramps from ~0 towards `decay`."""
-        return ramped_decay(self.step, self.decay)
+        return ramped_decay(self.step, self.decay, self.ramp_steps)
 
     @paddle.no_grad()
     def update(self, model: nn.Layer) -> None:

@@ -138,7 +138,8 @@ class Trainer:
         self.optimizer, self.scheduler = build_optimizer(
             self.model, tc.base_lr, tc.weight_decay, tc.warmup_steps, tc.warmup_start_factor,
             tc.clip_grad_norm)
-        self.ema = (ModelEMA(self.model, tc.ema_decay, tc.ema_decay_type, tc.ema_filter_no_grad)
+        self.ema = (ModelEMA(self.model, tc.ema_decay, tc.ema_decay_type, tc.ema_filter_no_grad,
+                             tc.ema_ramp_steps)
                     if tc.use_ema else None)
         self.amp = tc.amp and paddle.is_compiled_with_cuda() and "gpu" in paddle.get_device()
         if tc.amp and not self.amp:
