@@ -23,30 +23,18 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
 import mrtdetr_lib as mrt
+from mrtdetr_lib.timing import timed
 
 BACKENDS = ("eager", "paddle-inference", "ort", "ort-int8", "trt")
 TINY_QUERIES = {300: 100, 100: 50}  # tiny's preset has 100 queries: its own, and fewer
 TARGET_ORT_MS = {("l", 640, 1, 300): 800}
 TARGET_INT8_SPEEDUP = 1.5
-
-
-def timed(fn: Callable[[], object], warmup: int, runs: int) -> List[float]:
-    """Seconds of each of `runs` calls of fn, after `warmup` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    seconds = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        seconds.append(time.perf_counter() - start)
-    return seconds
 
 
 def random_inputs(batch: int, size, seed: int = 0) -> Dict[str, np.ndarray]:

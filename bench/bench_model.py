@@ -20,13 +20,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import cv2
 import numpy as np
 
 import mrtdetr_lib as mrt
+from mrtdetr_lib.timing import timed
 from mrtdetr_lib.infer import preprocess, read_image
 
 TARGETS_MS = {("l", 1, 640): {"model_only": 2900, "end_to_end": 3600}}
@@ -42,18 +42,6 @@ def write_images(folder: str, count: int, size=(480, 640)) -> List[str]:
         paths.append(os.path.join(folder, f"bench_{i}.jpg"))
         cv2.imwrite(paths[-1], image)
     return paths
-
-
-def timed(fn: Callable[[], object], warmup: int, runs: int) -> List[float]:
-    """Seconds of each of `runs` calls of fn, after `warmup` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    seconds = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        seconds.append(time.perf_counter() - start)
-    return seconds
 
 
 def measure(arch: str, batch: int, warmup: int, runs: int, threads: int) -> List[Dict]:

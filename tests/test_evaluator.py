@@ -77,14 +77,20 @@ def test_perfect_predictions_give_ap_one(gt_file, tmp_path):
     assert len(json.load(open(paths[1]))) == 4
 
 
-def test_half_recall_has_hand_computed_ap(gt_file):
-    # Image 1 exact; image 2: the higher-scored circle is right, the other is 30 px off (IoU 0).
+def _one_circle_shifted(gt_file, shift: int) -> dict:
+    """accumulate() of exact detections, except image 2's lower-scored circle moved by `shift`
+    px (its higher-scored one stays right)."""
     ev = COCOEvaluator(gt_file, cat_ids=[3, 7])
     ev.update([1], _outputs(OBJECTS[1]))
-    good, bad = _outputs(OBJECTS[2][:1], score=0.95), _outputs(OBJECTS[2][1:], shift=-30)
-    both = {k: np.concatenate([good[k], bad[k]]) for k in ("bbox", "mask")}
+    good, moved = _outputs(OBJECTS[2][:1], score=0.95), _outputs(OBJECTS[2][1:], shift=shift)
+    both = {k: np.concatenate([good[k], moved[k]]) for k in ("bbox", "mask")}
     ev.update([2], {**both, "bbox_num": np.array([2])})
-    result = ev.accumulate()["mask"]
+    return ev.accumulate()
+
+
+def test_half_recall_has_hand_computed_ap(gt_file):
+    # Image 1 exact; image 2: the higher-scored circle is right, the other is 30 px off (IoU 0).
+    result = _one_circle_shifted(gt_file, shift=-30)["mask"]
     # circle: 3 gts, the 2 highest-scored detections right -> precision 1 up to recall 2/3,
     # i.e. 67 of the 101 recall points (0, .01, ..., .66) -> AP = 67/101 at every IoU.
     assert result["per_class_ap"]["circle"] == pytest.approx(67 / 101)
@@ -134,12 +140,7 @@ def test_per_class_table_matches_hand_computed_ap(gt_file):
     # As test_half_recall_has_hand_computed_ap, but the wrong circle overlaps its target with
     # IoU 0.6 (18 x 18 box shifted by 4 px: 14*18 / (2*18*18 - 14*18) = 0.64): right at
     # IoU 0.50..0.60, wrong from 0.65 on.
-    ev = COCOEvaluator(gt_file, cat_ids=[3, 7])
-    ev.update([1], _outputs(OBJECTS[1]))
-    good, near = _outputs(OBJECTS[2][:1], score=0.95), _outputs(OBJECTS[2][1:], shift=-4)
-    both = {k: np.concatenate([good[k], near[k]]) for k in ("bbox", "mask")}
-    ev.update([2], {**both, "bbox_num": np.array([2])})
-    metrics = ev.accumulate()
+    metrics = _one_circle_shifted(gt_file, shift=-4)
     rows = per_class_table(metrics)
     circle, square = rows
     assert circle["class"] == "circle" and square["mask_AP75"] == pytest.approx(1.0)

@@ -6,7 +6,7 @@ import paddle
 import pytest
 
 import mrtdetr_lib as mrt
-from mrtdetr_lib.engine.query_study import (build_setting, check_setting, format_table,
+from mrtdetr_lib.engine.query_study import (build_setting, check_setting, markdown_table,
                                             one_at_a_time, plot_ap_latency, plot_latency,
                                             query_study)
 
@@ -105,10 +105,10 @@ def test_study_rows_on_eager_and_onnx_runtime(shapes_cfg, tmp_path):
     # the same detections up to float noise: the same AP to a few hundredths of a point
     assert abs(eager["mask_AP"] - onnx["mask_AP"]) < 1e-3
     assert abs(eager["box_AP"] - onnx["box_AP"]) < 1e-3
-    table = format_table(rows)
+    table = markdown_table(rows)
     assert table.splitlines()[0].startswith("| Model | Backbone | Input shape | Queries")
     assert "| Mask RT-DETR-T | PPHGNetV2-T | 128x128 | 30 | 50 | 1 | onnx |" in table
-    assert "latency" not in format_table(rows, latency=False)
+    assert "latency" not in markdown_table(rows, latency=False)
     plot_ap_latency(rows)
 
 
@@ -118,7 +118,7 @@ def test_latency_only_study_and_curve(shapes_cfg):
                        warmup=0, log=lambda line: None)
     assert [r["num_queries"] for r in rows] == [100, 50]
     assert all(r["mask_AP"] is None for r in rows)
-    assert "| - | - |" in format_table(rows)
+    assert "| - | - |" in markdown_table(rows)
     ax = plot_latency(rows, "num_queries")
     assert len(ax.lines) == 1 and list(ax.lines[0].get_xdata()) == [50, 100]
     with pytest.raises(ValueError, match="unknown backend 'trt'"):

@@ -367,6 +367,18 @@ def test_sync_batch_norm_conversion_keeps_frozen_norms():
     assert type(net[1][0]) is paddle.nn.BatchNorm2D
 
 
+def _launch_two_ranks(script, tmp_path, **env: str) -> list:
+    """Run `script` as 2 CPU processes (paddle.distributed.launch over gloo); each rank saves
+    tmp_path/rank{r}.npz, returned loaded. A failure shows the launcher's and workers' logs."""
+    env = {**os.environ, "PADDLE_DISTRI_BACKEND": "gloo", **env}
+    proc = subprocess.run([sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node",
+                           "2", "--log_dir", str(tmp_path / "log"), str(script)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=240)
+    logs = "".join(p.read_text() for p in (tmp_path / "log").glob("workerlog.*"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + logs[-3000:]
+    return [np.load(tmp_path / f"rank{r}.npz") for r in (0, 1)]
+
+
 def test_two_processes_with_gloo_on_cpu(toy, tmp_path):
     """paddle.distributed.launch, 2 CPU processes (gloo): same weights, disjoint data shards."""
     script = tmp_path / "dist_train.py"
@@ -387,13 +399,7 @@ def test_two_processes_with_gloo_on_cpu(toy, tmp_path):
         np.savez({str(tmp_path)!r} + f"/rank{{t.rank}}.npz", seen=seen,
                  **{{n: p.numpy() for n, p in t.model.named_parameters() if not p.stop_gradient}})
     '''))
-    env = {**os.environ, "PADDLE_DISTRI_BACKEND": "gloo"}
-    proc = subprocess.run([sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node",
-                           "2", "--log_dir", str(tmp_path / "log"), str(script)], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=240)
-    logs = "".join(p.read_text() for p in (tmp_path / "log").glob("workerlog.*"))
-    assert proc.returncode == 0, proc.stdout[-2000:] + logs[-3000:]
-    ranks = [np.load(tmp_path / f"rank{r}.npz") for r in (0, 1)]
+    ranks = _launch_two_ranks(script, tmp_path)
     assert not set(ranks[0]["seen"]) & set(ranks[1]["seen"])
     for name in ranks[0].files:
         if name != "seen":  # gradients are all-reduced: the weights stay identical
@@ -496,13 +502,7 @@ def test_tiny_model_two_processes_with_gloo_on_cpu(shapes, tmp_path):
         np.savez({str(tmp_path)!r} + f"/rank{{t.rank}}.npz",
                  **{{n: p.numpy() for n, p in t.model.named_parameters() if not p.stop_gradient}})
     '''))
-    env = {**os.environ, "PADDLE_DISTRI_BACKEND": "gloo", "MRTDETR_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node",
-                           "2", "--log_dir", str(tmp_path / "log"), str(script)], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=240)
-    logs = "".join(p.read_text() for p in (tmp_path / "log").glob("workerlog.*"))
-    assert proc.returncode == 0, proc.stdout[-2000:] + logs[-3000:]
-    ranks = [np.load(tmp_path / f"rank{r}.npz") for r in (0, 1)]
+    ranks = _launch_two_ranks(script, tmp_path, MRTDETR_THREADS="1")
     assert len(ranks[0].files) > 100
     for name in ranks[0].files:  # gradients all-reduced: both ranks hold the same weights
         np.testing.assert_array_equal(ranks[0][name], ranks[1][name], err_msg=name)

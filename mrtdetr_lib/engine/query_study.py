@@ -15,7 +15,6 @@ timed (median of `runs`) and scored (COCO box and mask AP) on paddle eager and o
 """
 
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
@@ -23,6 +22,7 @@ import numpy as np
 import paddle
 
 from ..config import Config, ModelConfig
+from ..timing import timed
 from ..weights import compare, load_pretrained
 
 KNOBS = ("num_queries", "num_top_queries", "eval_idx")
@@ -98,14 +98,7 @@ def build_setting(cfg: ModelConfig, setting: Dict[str, int],
 
 def median_latency(predict: Callable[[], Any], runs: int = 10, warmup: int = 2) -> float:
     """Median wall time of `predict()` in milliseconds, after `warmup` untimed calls."""
-    for _ in range(warmup):
-        predict()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        predict()
-        times.append((time.perf_counter() - start) * 1000)
-    return float(np.median(times))
+    return 1000 * float(np.median(timed(predict, warmup, runs)))
 
 
 def _numpy_inputs(batch: Dict[str, Any]) -> Dict[str, np.ndarray]:
@@ -213,7 +206,7 @@ def _cell(key: str, row: Dict[str, Any]) -> str:
     return str(value)
 
 
-def format_table(rows: Sequence[Dict[str, Any]], latency: bool = True) -> str:
+def markdown_table(rows: Sequence[Dict[str, Any]], latency: bool = True) -> str:
     """A markdown table in the style of the seed's README (Model | ... | Box AP | Mask AP |
     Params(M) | speed); `latency=False` leaves out the timing columns (machine-dependent)."""
     columns = [c for c in TABLE_COLUMNS if latency or c[1] not in ("latency_ms", "fps")]
@@ -224,8 +217,8 @@ def format_table(rows: Sequence[Dict[str, Any]], latency: bool = True) -> str:
 
 
 def print_table(rows: Sequence[Dict[str, Any]], latency: bool = True) -> None:
-    """Print `format_table(rows)`."""
-    print(format_table(rows, latency))
+    """Print `markdown_table(rows)`."""
+    print(markdown_table(rows, latency))
 
 
 def _label(row: Dict[str, Any]) -> str:

@@ -7,7 +7,7 @@ binary cross-entropy and dice on masks sampled at shared random points.
 Mirrors `ppdet/modeling/transformers/matchers.py`.
 """
 
-from typing import Dict, List, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 import numpy as np
 import paddle
@@ -26,6 +26,14 @@ def focal_class_cost(probs: paddle.Tensor, alpha: float, gamma: float) -> paddle
     neg = (1 - alpha) * probs ** gamma * -(1 - probs + 1e-8).log()
     pos = alpha * (1 - probs) ** gamma * -(probs + 1e-8).log()
     return pos - neg
+
+
+def _per_image(cost: np.ndarray, num_gts: List[int]) -> Iterator[np.ndarray]:
+    """[B, Q, N] costs against all the batch's gts -> each image's [Q, n_i] block of its own."""
+    start = 0
+    for i, count in enumerate(num_gts):
+        yield cost[i, :, start:start + count]
+        start += count
 
 
 def point_mask_costs(mask_logits: paddle.Tensor, gt_masks: paddle.Tensor,
@@ -67,15 +75,14 @@ class HungarianMatcher(nn.Layer):
         empty = paddle.zeros([0], dtype="int64")
         if sum(num_gts) == 0:
             return [(empty, empty) for _ in range(batch)]
-        cost = self._cost_matrix(boxes, logits, masks, gt_bbox, gt_class, gt_mask, num_gts)
-        cost = cost.reshape([batch, num_queries, -1]).numpy()  # [B, Q, N all images' gts]
-        starts = [sum(num_gts[:i]) for i in range(batch)]
+        cost = self._weighted_sum(self._cost_terms(boxes, logits, masks, gt_bbox, gt_class,
+                                                   gt_mask, num_gts))
         indices = []
-        for i, (start, count) in enumerate(zip(starts, num_gts)):
-            if count == 0:
+        for block in _per_image(cost.reshape([batch, num_queries, -1]).numpy(), num_gts):
+            if block.shape[1] == 0:
                 indices.append((empty, empty))
                 continue
-            rows, cols = linear_sum_assignment(cost[i, :, start:start + count])
+            rows, cols = linear_sum_assignment(block)
             indices.append((paddle.to_tensor(rows, dtype="int64"),
                             paddle.to_tensor(cols, dtype="int64")))
         return indices
@@ -94,21 +101,14 @@ class HungarianMatcher(nn.Layer):
                  self._cost_terms(boxes, logits, masks, gt_bbox, gt_class, gt_mask, num_gts))
         weighted = {k: self.matcher_coeff[k] * v for k, v in terms.items()}
         weighted["total"] = self._weighted_sum(terms)
-        weighted = {k: v.numpy().reshape(batch, num_queries, sum(num_gts))  # [B, Q, N]
-                    for k, v in weighted.items()}
-        result, start = [], 0
-        for i, count in enumerate(num_gts):
-            item = {k: v[i, :, start:start + count] for k, v in weighted.items()}
+        blocks = {k: list(_per_image(v.numpy().reshape(batch, num_queries, sum(num_gts)), num_gts))
+                  for k, v in weighted.items()}
+        result = []
+        for i in range(batch):
+            item = {k: per_image[i] for k, per_image in blocks.items()}
             item["query"], item["gt"] = linear_sum_assignment(item["total"])
             result.append(item)
-            start += count
         return result
-
-    def _cost_matrix(self, boxes, logits, masks, gt_bbox, gt_class, gt_mask,
-                     num_gts) -> paddle.Tensor:
-        """The weighted cost of every prediction of the batch against every gt: [B*Q, N]."""
-        return self._weighted_sum(self._cost_terms(boxes, logits, masks, gt_bbox, gt_class,
-                                                   gt_mask, num_gts))
 
     def _weighted_sum(self, terms: Dict[str, paddle.Tensor]) -> paddle.Tensor:
         coeff = self.matcher_coeff  # ppdet's order of additions (box terms first)
