@@ -1,9 +1,11 @@
 """Export: Paddle inference model, ONNX (fixed batch 1 and 2, baked inputs, onnxsim) and ONNX
 Runtime give the eager model's outputs; TensorRT where a GPU is present."""
 
+import hashlib
 import json
 
 import numpy as np
+import onnx
 import paddle
 import pytest
 
@@ -49,7 +51,18 @@ def tiny():
     return model
 
 
-@pytest.mark.parametrize("batch", [1, 2])
+def assert_zero_padding(outputs, inputs):
+    """Every image's masks are exactly 0 outside its own original size (the canvas padding)."""
+    origin = np.floor(inputs["im_shape"] / inputs["scale_factor"] + 0.5).astype(int)
+    start = 0
+    for (h0, w0), count in zip(origin, outputs["bbox_num"]):
+        masks = outputs["mask"][start:start + count]
+        assert masks.shape[1:] == tuple(origin.max(0))  # the batch's largest original size
+        assert not masks[:, h0:, :].any() and not masks[:, :, w0:].any(), (h0, w0)
+        start += count
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3])  # 2 and 3: images of different original sizes
 def test_paddle_inference_and_onnx_runtime_match_eager(tiny, tmp_path_factory, batch):
     out_dir = tmp_path_factory.mktemp("export")
     onnx_path = export_onnx(tiny, out_dir, "tiny", batch=batch)
@@ -57,9 +70,31 @@ def test_paddle_inference_and_onnx_runtime_match_eager(tiny, tmp_path_factory, b
     eager = _eager(tiny, inputs)
     onnx_out = OnnxPredictor(onnx_path)(inputs)
     paddle_out = PaddlePredictor(out_dir / f"tiny_b{batch}_paddle")(inputs)
-    assert onnx_out["mask"].shape == eager["mask"].shape  # the batch's largest original size
+    for outputs in (eager, onnx_out, paddle_out):
+        assert_zero_padding(outputs, inputs)
     assert_same_detections(onnx_out, eager, box_atol=1e-3, max_mask_pixels=10)
     assert_same_detections(paddle_out, eager, box_atol=1e-4, max_mask_pixels=0)
+
+
+def _graph_digest(path):
+    """sha256 of the graph (nodes, attributes, constant values), names of constants aside."""
+    model = onnx.load(str(path))
+    for constant in model.graph.initializer:
+        constant.ClearField("name")
+    return hashlib.sha256(model.graph.SerializeToString(deterministic=True)).hexdigest()
+
+
+def test_batch_export_is_reproducible_and_pads_with_exact_zeros(tiny, tmp_path):
+    """Issue 15: paddle2onnx read paddle's double pad value as a float, so each export's Pad
+    filled the mask canvas with stray bytes. Three exports must give the same graph, and any
+    Pad (none today: the canvas is concatenated zeros) must pad with exactly 0."""
+    paths = [export_onnx(tiny, tmp_path / str(i), "tiny", batch=2) for i in range(3)]
+    assert len({_graph_digest(p) for p in paths}) == 1
+    graph = onnx.load(str(paths[0])).graph
+    constants = {c.name: onnx.numpy_helper.to_array(c) for c in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Pad" and len(node.input) > 2 and node.input[2]:
+            assert constants[node.input[2]].tobytes() == bytes(4), node.name
 
 
 def test_baked_inputs_for_fixed_size_engines(tiny, tmp_path):

@@ -45,6 +45,9 @@ class DETRPostProcess(nn.Layer):
         image's masks sit in the top-left corner of one [max h, max w] canvas, zeros around
         them (PaddleDetection's MaskPostProcess layout, padded with 0 instead of -1); crop
         `mask[i, :h0, :w0]` to get them back. Loops over the (static) batch size.
+        The canvas is built by concatenating zeros, not with `F.pad`: paddle2onnx 2.1 reads
+        paddle 3.3's pad value (a double attribute) as a float, so the exported Pad filled
+        the canvas with whatever bytes lay in memory (issue 15).
         """
         size = origin_shape.astype("int32")  # [B, 2]
         batch = masks.shape[0]
@@ -58,10 +61,7 @@ class DETRPostProcess(nn.Layer):
             else:
                 binary = (resized > self.logit_threshold).astype("float32")
             if batch > 1:  # zeros up to the largest image of the batch
-                pad = paddle.stack([paddle.zeros([], "int32"), size[:, 1].max() - size[i, 1],
-                                    paddle.zeros([], "int32"), size[:, 0].max() - size[i, 0]])
-                # pad the 0/1 masks with the default 0: paddle2onnx loses a custom pad value
-                binary = F.pad(binary.unsqueeze(0), pad)[0]
+                binary = _zero_pad(binary, size[:, 0].max(), size[:, 1].max())
             out.append(binary)
         masks = out[0] if batch == 1 else paddle.concat(out)  # [B*k, H0, W0]
         return masks if self.return_probs else masks.astype("int32")
@@ -88,3 +88,12 @@ class DETRPostProcess(nn.Layer):
         bbox_num = paddle.full_like(scores[:, 0], self.num_top_queries, dtype="int32")  # [B]
         return {"bbox": bbox, "bbox_num": bbox_num,
                 "mask": self.resize_masks(masks, origin_shape)}
+
+
+def _zero_pad(masks: paddle.Tensor, height: paddle.Tensor, width: paddle.Tensor) -> paddle.Tensor:
+    """[k, h, w] -> [k, height, width]: masks top-left, exact zeros to the right and below."""
+    k, h, w = masks.shape[0], paddle.shape(masks)[1], paddle.shape(masks)[2]
+    right = paddle.zeros([k, h, width - w], masks.dtype)
+    masks = paddle.concat([masks, right], axis=2)
+    below = paddle.zeros([k, height - h, width], masks.dtype)
+    return paddle.concat([masks, below], axis=1)
