@@ -104,6 +104,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_steps: int = 2000
     warmup_start_factor: float = 0.001
+    lr_schedule: str = "constant"  # after warm-up: "constant" (ppdet's 6x) or "cosine" to 0
     clip_grad_norm: float = 0.1
     use_ema: bool = True
     ema_decay: float = 0.9999

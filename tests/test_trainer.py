@@ -116,6 +116,21 @@ def test_warmup_schedule_is_ppdet_linear_warmup_then_constant(toy):
     assert opt._grad_clip.clip_norm == 0.1
 
 
+def test_cosine_schedule_decays_to_zero_after_the_warmup(toy):
+    opt, sched = build_optimizer(toy.Toy(), 2e-3, 1e-4, warmup_steps=10, warmup_start_factor=0.1,
+                                 clip_grad_norm=0.1, schedule="cosine", total_steps=100)
+    lrs = []
+    for _ in range(101):
+        lrs.append(opt.get_lr())
+        sched.step()
+    assert lrs[0] == pytest.approx(2e-4)  # warm-up start, cos(0) = 1
+    assert lrs[50] == pytest.approx(1e-3)  # half-way: half the rate
+    assert lrs[100] == pytest.approx(0.0, abs=1e-12)
+    assert all(b <= a for a, b in zip(lrs[10:], lrs[11:]))  # falls from the warm-up's end on
+    with pytest.raises(ValueError, match="lr_schedule"):
+        build_optimizer(toy.Toy(), 1e-3, 0, 1, 1.0, 0, schedule="step")
+
+
 def test_adamw_honours_param_lr_multipliers_frozen_params_and_decays_biases(toy):
     model = toy.Toy()
     trainable = {id(p) for p in model.parameters() if not p.stop_gradient}

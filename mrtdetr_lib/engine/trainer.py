@@ -47,14 +47,30 @@ def warmup_factor(step: int, steps: int, start: float) -> float:
     return start * (1 - alpha) + alpha
 
 
+def lr_factor(step: int, warmup_steps: int, start: float, schedule: str = "constant",
+              total_steps: int = 0) -> float:
+    """Multiplier of base_lr at `step`: the warm-up times "constant" (ppdet's 6x schedule) or
+    "cosine" (ppdet's CosineDecay: half a cosine from 1 to 0 over `total_steps`)."""
+    factor = warmup_factor(step, warmup_steps, start)
+    if schedule == "cosine":
+        factor *= 0.5 * (1 + math.cos(math.pi * min(step / max(total_steps, 1), 1.0)))
+    elif schedule != "constant":
+        raise ValueError(f"train.lr_schedule must be 'constant' or 'cosine', got {schedule!r}")
+    return factor
+
+
 def build_optimizer(model: nn.Layer, base_lr: float, weight_decay: float, warmup_steps: int,
-                    warmup_start_factor: float, clip_grad_norm: float):
+                    warmup_start_factor: float, clip_grad_norm: float,
+                    schedule: str = "constant", total_steps: int = 0):
     """AdamW over the trainable parameters with ppdet's warmup schedule; returns (opt, sched)."""
     # paddle scales each parameter's step (and its decoupled decay) by ParamAttr learning_rate;
     # passing plain parameters (not groups with a "learning_rate" key) keeps those multipliers.
     params = [p for p in model.parameters() if not p.stop_gradient]
+    lr_factor(0, warmup_steps, warmup_start_factor, schedule, total_steps)  # checks `schedule`
     scheduler = paddle.optimizer.lr.LambdaDecay(
-        base_lr, functools.partial(warmup_factor, steps=warmup_steps, start=warmup_start_factor))
+        base_lr, functools.partial(lr_factor, warmup_steps=warmup_steps,
+                                   start=warmup_start_factor, schedule=schedule,
+                                   total_steps=total_steps))
     clip = nn.ClipGradByGlobalNorm(clip_grad_norm) if clip_grad_norm > 0 else None
     optimizer = paddle.optimizer.AdamW(learning_rate=scheduler, parameters=params,
                                        weight_decay=weight_decay, grad_clip=clip)
@@ -135,9 +151,14 @@ class Trainer:
             self.eval_data = _build_data(cfg, "val")
         if tc.pretrain_weights and not tc.resume:
             _load_weights(self.model, tc.pretrain_weights)
+        self.sampler = EpochBatchSampler(len(self.train_data), cfg.data.batch_size, tc.seed,
+                                         rank=self.rank, world_size=self.world)
+        if len(self.sampler) == 0:
+            raise ValueError(f"the training data has {len(self.train_data)} images, fewer than "
+                             f"data.batch_size={cfg.data.batch_size} per process")
         self.optimizer, self.scheduler = build_optimizer(
             self.model, tc.base_lr, tc.weight_decay, tc.warmup_steps, tc.warmup_start_factor,
-            tc.clip_grad_norm)
+            tc.clip_grad_norm, tc.lr_schedule, self.total_steps)
         self.ema = (ModelEMA(self.model, tc.ema_decay, tc.ema_decay_type, tc.ema_filter_no_grad,
                              tc.ema_ramp_steps)
                     if tc.use_ema else None)
@@ -146,11 +167,6 @@ class Trainer:
             warnings.warn("amp=True has no effect on CPU: paddle 3.3.1's auto_cast only works on "
                           "CUDA/XPU devices (float16 and bfloat16 alike); training in float32")
         self.scaler = paddle.amp.GradScaler(init_loss_scaling=1024) if self.amp else None
-        self.sampler = EpochBatchSampler(len(self.train_data), cfg.data.batch_size, tc.seed,
-                                         rank=self.rank, world_size=self.world)
-        if len(self.sampler) == 0:
-            raise ValueError(f"the training data has {len(self.train_data)} images, fewer than "
-                             f"data.batch_size={cfg.data.batch_size} per process")
         self.loader = _loader(self.train_data, self.sampler, cfg.data.num_workers)
         self.callbacks = list(callbacks)
         self.progress = progress
