@@ -3,8 +3,8 @@
     python data_scripts/check_dataset.py ANNOTATIONS.json IMAGE_DIR [--skip-images]
 
 Prints every problem with its file and image/annotation ids (missing or corrupt images, sizes
-that disagree with the json, bad boxes, degenerate polygons, wrong RLE, unknown categories,
-duplicate ids) and exits with status 1 if there is any.
+that disagree with the json, bad boxes, degenerate polygons, wrong RLE, NaN or infinite numbers,
+unknown categories, duplicate ids) and exits with status 1 if there is any.
 """
 
 import argparse

@@ -10,6 +10,7 @@ from mrtdetr_lib.data import mask_to_rle
 from mrtdetr_lib.data.check import Problem, check_dataset
 
 H, W = 40, 50
+NAN, INF = float("nan"), float("inf")
 
 
 def good_data():
@@ -129,6 +130,38 @@ def test_uncompressed_rle_of_the_wrong_length(tmp_path):
     def edit(data):
         data["annotations"][1]["segmentation"] = {"size": [H, W], "counts": [5, 10]}
     only(run(tmp_path, edit), "annotation id 11", "covers 15 pixels, the image has 2000")
+
+
+@pytest.mark.parametrize("index,field,value,message", [
+    (0, "bbox", [5, 5, NAN, 20], "bbox[2] is nan, not a finite number"),
+    (0, "bbox", [5, 5, 20, INF], "bbox[3] is inf, not a finite number"),  # not also "outside"
+    (0, "area", NAN, "area is nan, not a finite number"),
+    (0, "area", -INF, "area is -inf, not a finite number"),
+    (0, "segmentation", [[5, 5, 25, 5, 25, NAN, 5, NAN]],
+     "segmentation[0][5] is nan, not a finite number (and 1 more)"),
+    (1, "segmentation", {"size": [H, W], "counts": [100, 3.5, H * W - 103.5]},
+     "segmentation.counts[1] is 3.5: uncompressed RLE counts are whole numbers >= 0"),
+    (1, "segmentation", {"size": [H, W], "counts": [100, NAN]},
+     "segmentation.counts[1] is nan, not a finite number"),
+    (1, "segmentation", {"size": [H, W], "counts": [H * W + 4, -4]},
+     "segmentation.counts[1] is -4: uncompressed RLE counts are whole numbers >= 0"),
+    (1, "segmentation", {"size": [NAN, W], "counts": [H * W]},  # int(nan) used to crash it
+     "segmentation.size[0] is nan, not a finite number"),
+    (1, "iscrowd", INF, "iscrowd is inf, not a finite number"),  # any field, not only geometry
+], ids=["bbox-nan", "bbox-inf", "area-nan", "area-inf", "polygon-nan", "rle-float-count",
+        "rle-nan-count", "rle-negative-count", "rle-nan-size", "other-field-inf"])
+def test_non_finite_number_names_annotation_and_field(tmp_path, index, field, value, message):
+    def edit(data):
+        data["annotations"][index][field] = value
+    # json.dumps writes NaN/Infinity literals, which json.load reads back as floats
+    ids = f"image id {index + 1}, annotation id {10 + index}"
+    only(run(tmp_path, edit), f"anno.json: {ids}: {message}")
+
+
+def test_whole_number_float_rle_counts_are_fine(tmp_path):
+    def edit(data):
+        data["annotations"][1]["segmentation"] = {"size": [H, W], "counts": [100.0, H * W - 100.0]}
+    assert run(tmp_path, edit) == []
 
 
 def test_missing_segmentation(tmp_path):

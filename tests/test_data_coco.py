@@ -11,6 +11,7 @@ from mrtdetr_lib.data import COCOInstanceDataset, mask_to_rle, segmentation_to_m
 from mrtdetr_lib.data import transforms as T
 
 H, W = 48, 64
+NAN, INF = float("nan"), float("inf")
 
 
 def square(x, y, size):
@@ -124,6 +125,43 @@ def test_unknown_category_is_a_clear_error(tmp_path):
     image_dir, anno = write_coco(tmp_path, [ann(5, 1, 9, [square(2, 2, 10)])], 1)
     with pytest.raises(ValueError, match="annotation 5 has category id 9"):
         COCOInstanceDataset(image_dir, anno)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("bbox", [2, 2, NAN, 10], r"bbox\[2\] is nan, not a finite number"),
+    ("bbox", [2, 2, 10, -INF], r"bbox\[3\] is -inf, not a finite number"),
+    ("area", NAN, "area is nan, not a finite number"),
+    ("area", INF, "area is inf, not a finite number"),
+    ("segmentation", [square(2, 2, 10)[:5] + [NAN] + square(2, 2, 10)[6:]],
+     r"segmentation\[0\]\[5\] is nan, not a finite number"),
+    ("segmentation", {"size": [H, W], "counts": [100, 3.5, H * W - 103.5]},
+     r"segmentation\.counts\[1\] is 3\.5: uncompressed RLE counts are whole numbers >= 0"),
+    ("segmentation", {"size": [H, W], "counts": [100, NAN]},
+     r"segmentation\.counts\[1\] is nan, not a finite number"),
+], ids=["bbox-nan", "bbox-inf", "area-nan", "area-inf", "polygon-nan", "rle-float-count",
+        "rle-nan-count"])
+def test_non_finite_number_is_an_error_naming_file_annotation_and_field(tmp_path, field, value,
+                                                                        message):
+    bad = {**ann(5, 1, 1, [square(2, 2, 10)]), field: value}
+    image_dir, anno = write_coco(tmp_path, [ann(4, 1, 1, [square(20, 20, 10)]), bad], 1)
+    with pytest.raises(ValueError, match=rf"anno\.json: annotation 5: {message}"):
+        COCOInstanceDataset(image_dir, anno)
+
+
+def test_non_finite_number_in_a_crowd_region_is_an_error_too(tmp_path):
+    crowd = ann(6, 1, 1, [square(2, 2, 10)], bbox=[2, 2, 10, NAN], iscrowd=1, area=100)
+    image_dir, anno = write_coco(tmp_path, [ann(4, 1, 1, [square(20, 20, 10)]), crowd], 1)
+    with pytest.raises(ValueError, match=r"annotation 6: bbox\[3\] is nan"):
+        COCOInstanceDataset(image_dir, anno, train=False)
+
+
+def test_whole_number_float_rle_counts_load(tmp_path):
+    mask = segmentation_to_mask([square(20, 10, 15)], H, W)
+    counts = [float(c) for c in uncompressed_rle(mask)["counts"]]  # as a float array writes them
+    rle = {"size": [H, W], "counts": counts}
+    image_dir, anno = write_coco(tmp_path, [ann(1, 1, 1, rle, bbox=[20, 10, 15, 15])], 1)
+    sample = COCOInstanceDataset(image_dir, anno, [T.Decode(), T.Poly2Mask()])[0]
+    np.testing.assert_array_equal(sample["gt_segm"][0], mask)
 
 
 def test_degenerate_annotations_are_left_out_with_a_warning(tmp_path):

@@ -3,14 +3,17 @@
 The logic of `data_scripts/check_dataset.py`; notebooks call `check_dataset` directly. It looks
 for what would crash training or quietly spoil its targets: missing, corrupt or truncated images,
 image sizes that disagree with the json, boxes outside the image or of non-positive size, empty
-or degenerate polygons, RLE of the wrong size, unknown categories or images, duplicate ids.
+or degenerate polygons, RLE of the wrong size, unknown categories or images, duplicate ids, and a
+NaN or infinity anywhere in an annotation (`annotation_number_problems`, which the data set's
+loader calls too).
 """
 
 import json
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -65,6 +68,47 @@ def _duplicates(items: List[Dict[str, Any]]) -> List[Any]:
             dups.append(key)
         seen.add(key)
     return dups
+
+
+def _non_finite(value: Any, path: str) -> Iterator[Tuple[str, float]]:
+    """(path, number) of each NaN or infinity inside a json value, e.g. ('bbox[2]', nan)."""
+    # json reads NaN/Infinity literals as floats; ints are always finite
+    if isinstance(value, float) and not math.isfinite(value):
+        yield path, value
+    elif isinstance(value, list):
+        for k, item in enumerate(value):
+            yield from _non_finite(item, f"{path}[{k}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _non_finite(item, f"{path}.{key}")
+
+
+def _is_run_length(count: Any) -> bool:
+    """An uncompressed RLE count is a whole number of pixels >= 0."""
+    # 2.0 passes: converters that go through float arrays write it, and pycocotools reads it
+    whole = (isinstance(count, int) and not isinstance(count, bool)) or (
+        isinstance(count, float) and count.is_integer())
+    return whole and count >= 0
+
+
+def annotation_number_problems(ann: Dict[str, Any]) -> Dict[str, str]:
+    """Field -> what is wrong with its numbers: a NaN or infinity, an RLE count not a whole >= 0."""
+    # a NaN fails every comparison, so the box and polygon checks (and the loader) would pass it
+    problems = {}
+    for key, value in ann.items():
+        bad = list(_non_finite(value, key))
+        if bad:
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            problems[key] = f"{bad[0][0]} is {bad[0][1]}, not a finite number{more}"
+    segm = ann.get("segmentation")
+    if ("segmentation" not in problems and isinstance(segm, dict)
+            and isinstance(segm.get("counts"), list)):
+        bad_counts = [k for k, count in enumerate(segm["counts"]) if not _is_run_length(count)]
+        if bad_counts:
+            k = bad_counts[0]
+            problems["segmentation"] = (f"segmentation.counts[{k}] is {segm['counts'][k]!r}: "
+                                        "uncompressed RLE counts are whole numbers >= 0")
+    return problems
 
 
 def _check_box(ann: Dict[str, Any], width: int, height: int) -> List[str]:
@@ -171,11 +215,15 @@ def _check_annotations(data: Dict[str, Any], images: Dict[Any, Dict[str, Any]],
     problems = []
     for ann in data["annotations"]:
         im = images.get(ann.get("image_id"))
+        bad_numbers = annotation_number_problems(ann)
+        messages = list(bad_numbers.values())
         if im is None:
-            messages = [f"refers to image id {ann.get('image_id')}, not in the images"]
-        else:
-            messages = _check_box(ann, im["width"], im["height"]) + _check_segmentation(
-                ann, im["width"], im["height"])
+            messages.append(f"refers to image id {ann.get('image_id')}, not in the images")
+        else:  # a field with a NaN gets that one message, not a second about its geometry
+            if "bbox" not in bad_numbers:
+                messages += _check_box(ann, im["width"], im["height"])
+            if "segmentation" not in bad_numbers:
+                messages += _check_segmentation(ann, im["width"], im["height"])
         if ann.get("category_id") not in category_ids:
             messages.append(f"unknown category id {ann.get('category_id')}")
         problems += [Problem(anno_path, m, ann.get("image_id"), ann.get("id")) for m in messages]

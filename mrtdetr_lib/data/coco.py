@@ -19,6 +19,8 @@ import paddle
 import pycocotools.mask as mask_util
 from pycocotools.coco import COCO
 
+from .check import annotation_number_problems
+
 Segmentation = Union[List[List[float]], Dict[str, Any]]
 
 
@@ -93,6 +95,7 @@ class COCOInstanceDataset(paddle.io.Dataset):
             info = self.coco.imgs[im_id]
             objects = []
             for ann in self.coco.imgToAnns.get(im_id, []):
+                self._check_numbers(ann)
                 # crowd regions are not objects to detect: ppdet leaves them out (load_crowd=False)
                 if ann.get("iscrowd", 0) or ann.get("ignore", False):
                     continue
@@ -105,8 +108,17 @@ class COCOInstanceDataset(paddle.io.Dataset):
             records.append(self._record(info, objects))
         if dropped:
             warnings.warn(f"{self.anno_path}: left out {dropped} annotations with a degenerate "
-                          "box or no usable segmentation (run data_scripts/check_dataset.py)")
+                          "box or no usable segmentation (run data_scripts/check_dataset.py)",
+                          stacklevel=2)
         return records
+
+    def _check_numbers(self, ann: Dict[str, Any]) -> None:
+        """Raise on a NaN, infinity or bad RLE count in any annotation, crowd or not."""
+        # a NaN box passes the degenerate-box test below (every comparison with NaN is False)
+        problems = annotation_number_problems(ann)
+        if problems:
+            raise ValueError(f"{self.anno_path}: annotation {ann.get('id')}: "
+                             f"{'; '.join(problems.values())} (run data_scripts/check_dataset.py)")
 
     def _parse_annotation(self, ann: Dict[str, Any]) -> Optional[Tuple[int, list, Any, int]]:
         """(label, box xyxy, segmentation, ann id), or None when the box or mask is unusable."""
