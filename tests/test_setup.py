@@ -1,8 +1,8 @@
 """The set-up files agree: environment*.yml carry exactly pyproject.toml's pins."""
 
 import re
-import tomllib
 
+import tomllib
 from conftest import ROOT
 
 
@@ -18,7 +18,7 @@ def test_environment_yml_matches_pyproject():
     assert cpu == wanted
     gpu = _pins((ROOT / "environment-gpu.yml").read_text().splitlines())
     assert gpu.pop("paddlepaddle-gpu") == wanted["paddlepaddle"]
-    gpu.pop("tensorrt")  # GPU only; the TensorRT code uses paddle GPU tensors, no pycuda
+    gpu.pop("tensorrt-cu12")  # GPU only; the TensorRT code uses paddle GPU tensors, no pycuda
     assert gpu == {k: v for k, v in wanted.items() if k != "paddlepaddle"}
 
 

@@ -9,7 +9,7 @@ use_focal_loss=True, with_mask=True, bbox_decode_type='origin'.
 """
 
 import math
-from typing import Dict
+from typing import Dict, Tuple
 
 import paddle
 import paddle.nn as nn
@@ -66,6 +66,24 @@ class DETRPostProcess(nn.Layer):
         masks = out[0] if batch == 1 else paddle.concat(out)  # [B*k, H0, W0]
         return masks if self.return_probs else masks.astype("int32")
 
+    def split_index(self, index: paddle.Tensor,
+                    num_queries: int) -> Tuple[paddle.Tensor, paddle.Tensor]:
+        """index [B, k] into the flattened [Q, K] scores -> (query [B, k], label [B, k]) int64.
+
+        Both are read from integer tables (the query and the label of every flat index), not
+        computed as `index // K`: paddle2onnx exports floor_divide as Cast(int->float) -> Div ->
+        Floor -> Cast, which a weakly typed FP16 TensorRT engine may run in half precision,
+        where integers above 2048 round (L: 300 x 80 = 24,000 flat indices, about 1 in 20 would
+        pick the wrong query). The tables fold into ONNX constants; Gather is exact in any engine.
+        """
+        k = self.num_classes
+        query_table = paddle.arange(num_queries, dtype="int64").unsqueeze(1).expand(
+            [num_queries, k]).flatten()  # [Q*K] = 0 (K times), 1 (K times), ...
+        label_table = paddle.arange(k, dtype="int64").tile([num_queries])  # [Q*K] = 0..K-1, ...
+        flat = index.flatten()  # [B*k]: paddle's gather takes a 1-D index
+        return (paddle.gather(query_table, flat).reshape(index.shape),  # [B, k]
+                paddle.gather(label_table, flat).reshape(index.shape))
+
     def forward(self, boxes: paddle.Tensor, logits: paddle.Tensor, masks: paddle.Tensor,
                 im_shape: paddle.Tensor, scale_factor: paddle.Tensor) -> Dict[str, paddle.Tensor]:
         """boxes [B, Q, 4] (cxcywh 0..1), logits [B, Q, K], masks [B, Q, h, w] logits,
@@ -76,10 +94,10 @@ class DETRPostProcess(nn.Layer):
         boxes_xyxy_px = box_cxcywh_to_xyxy(boxes) * scale
 
         scores, index = paddle.topk(F.sigmoid(logits).flatten(1), self.num_top_queries, axis=-1)
-        labels = index % self.num_classes  # index into the flattened [Q, K]
+        query_index, labels = self.split_index(index, logits.shape[1])  # [B, k] each
         batch = paddle.arange(boxes.shape[0]).astype(index.dtype)
-        query = paddle.stack([batch.unsqueeze(-1).expand_as(index),
-                              index // self.num_classes], -1)  # [B, k, 2] = (image, query)
+        query = paddle.stack([batch.unsqueeze(-1).expand_as(index), query_index],
+                             -1)  # [B, k, 2] = (image, query)
         boxes_xyxy_px = paddle.gather_nd(boxes_xyxy_px, query)  # [B, k, 4]
         masks = paddle.gather_nd(masks, query)  # [B, k, h, w]
 
