@@ -58,8 +58,7 @@ def calibration_images(count: int = 2, size=(480, 640)) -> List[np.ndarray]:
 def predictors(backends: List[str], model, folder: Path, name: str, batch: int,
                threads: int) -> Dict[str, Callable]:
     """backend -> callable(numpy inputs), exporting what the backends need; unavailable -> str."""
-    from mrtdetr_lib.export import (OnnxPredictor, PaddlePredictor, export_onnx,
-                                    tensorrt_available)
+    from mrtdetr_lib.export import OnnxPredictor, PaddlePredictor, export_onnx, tensorrt_available
     from mrtdetr_lib.export.quantize import calibration_inputs, quantize_onnx
 
     out: Dict[str, Callable] = {}
@@ -124,7 +123,7 @@ def measure(arch: str, queries: int, batch: int, args, folder: Path) -> List[Dic
         if isinstance(run, str):
             lines.append({"backend": backend, **common, "skipped": run})
             continue
-        seconds = timed(lambda: run(inputs), args.warmup, args.runs)
+        seconds = timed(lambda run=run: run(inputs), args.warmup, args.runs)
         lines.append({"backend": backend, **common, "runs": args.runs,
                       "median_ms": round(1000 * statistics.median(seconds), 1),
                       "min_ms": round(1000 * min(seconds), 1)})
@@ -172,7 +171,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         args.backends.append("ort-int8")
     args.runs = args.runs or (3 if quick else 10)
     args.warmup = args.warmup if args.warmup is not None else (1 if quick else 2)
-    args.threads = mrt.set_num_threads(args.threads)  # paddle; passed on to the predictors
+    args.threads = mrt.setup(args.threads)  # paddle; passed on to the predictors
     return args
 
 

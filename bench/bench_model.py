@@ -26,8 +26,8 @@ import cv2
 import numpy as np
 
 import mrtdetr_lib as mrt
+from mrtdetr_lib.data import preprocess, read_image
 from mrtdetr_lib.timing import timed
-from mrtdetr_lib.infer import preprocess, read_image
 
 TARGETS_MS = {("l", 1, 640): {"model_only": 2900, "end_to_end": 3600}}
 
@@ -48,7 +48,7 @@ def measure(arch: str, batch: int, warmup: int, runs: int, threads: int) -> List
     """Both measurements of one (arch, batch) in this process -> JSON-ready dicts."""
     import paddle
 
-    threads = mrt.set_num_threads(threads)
+    threads = mrt.setup(threads)
     paddle.seed(0)
     model = mrt.build_model(arch)
     model.eval()

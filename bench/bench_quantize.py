@@ -3,9 +3,9 @@
     python bench/bench_quantize.py [--weights tiny.pdparams] [--calib 32] [--modes static dynamic]
         [--threads 1] [--dataset-dir shapes/] [--exports exports/quantize]
 
-The checkpoint is `--weights` (with the `config.yml` the Trainer wrote next to it) or, without it,
-`mrtdetr_lib.tiny_shapes_checkpoint()` (a full run if present, else the cached quick run). The
-model is exported for batch 1 at its eval size, quantised by `export.quantize_onnx` (static:
+The checkpoint is `--weights` (with the `config.yml` the Trainer wrote next to it) or, without
+it, the shipped course checkpoint (`mrtdetr_lib.course.course_checkpoint()`). The model is
+exported for batch 1 at its eval size, quantised by `export.quantize_onnx` (static:
 int8 convolutions calibrated on the first `--calib` train images; dynamic: int8 MatMul/Gemm
 weights), and every model is scored on the val split with `evaluate_predictor`. One line per
 model: bbox/mask AP, `delta_mask_AP_points` against fp32 (the issue allows -1.0) and the median
@@ -24,8 +24,8 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 import mrtdetr_lib as mrt
+from mrtdetr_lib.course.weights import checkpoint_config, course_checkpoint
 from mrtdetr_lib.engine.evaluator import evaluate_predictor, summary
-from mrtdetr_lib.engine.quick import checkpoint_config
 from mrtdetr_lib.export import OnnxPredictor, calibration_inputs, export_onnx, quantize_onnx
 from mrtdetr_lib.infer import list_images
 
@@ -65,7 +65,7 @@ def score(name: str, onnx_path: Path, cfg, threads: int) -> Dict:
 
 def run(args: argparse.Namespace, folder: Path) -> List[Dict]:
     """Export, quantise and score every model -> JSON-ready dicts."""
-    weights = mrt.tiny_shapes_checkpoint(args.weights)
+    weights = str(args.weights or course_checkpoint())
     cfg = checkpoint_config(weights)
     if args.dataset_dir:
         cfg.data.dataset_dir = args.dataset_dir
@@ -96,7 +96,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", default=None,
                         help="trained tiny .pdparams with its config.yml beside it "
-                             "(default: mrtdetr_lib.tiny_shapes_checkpoint())")
+                             "(default: the course checkpoint)")
     parser.add_argument("--calib", type=int, default=32, help="calibration images (train split)")
     parser.add_argument("--modes", nargs="+", default=["static", "dynamic"],
                         choices=["static", "dynamic"])

@@ -73,7 +73,7 @@ def main() -> int:
                         help="config overrides, e.g. -o base_lr=1e-3 model.num_queries=50")
     args = parser.parse_args()
 
-    mrt.set_num_threads(args.threads)
+    mrt.setup(args.threads)
     make_shapes(args.data, args.num_train, args.num_val, progress=False)
     cfg = load_config(args.config) if args.config else mrt.get_config("tiny")
     cfg.data.dataset_dir = args.data

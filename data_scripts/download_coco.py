@@ -51,7 +51,8 @@ def unpack(zip_path: str, dest: str, progress: bool = True) -> None:
                                unit="file", disable=not progress):
                 archive.extract(member, dest)
     except zipfile.BadZipFile as err:
-        raise RuntimeError(f"{zip_path} is not a valid zip ({err}); delete it and run again")
+        raise RuntimeError(f"{zip_path} is not a valid zip ({err}); delete it and run again"
+                           ) from None
 
 
 def fetch(name: str, archive: Archive, dest: str, base_url: str = BASE_URL,

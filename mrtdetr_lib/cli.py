@@ -17,8 +17,16 @@ import os
 import sys
 from typing import Callable, Dict, List, Optional, Tuple
 
-from .config import ARCHS, Config, get_config, load_config, parse_overrides, quick_mode, \
-    update_config
+from .config import (
+    ARCHS,
+    Config,
+    get_config,
+    load_config,
+    parse_overrides,
+    quick_mode,
+    update_config,
+)
+from .runtime import setup
 
 QUICK_ITERS, QUICK_IMAGES = 10, 16
 
@@ -186,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the `mrtdetr` console script; returns the exit status."""
     args = build_parser().parse_args(_trt_option(sys.argv[1:] if argv is None else argv))
+    setup()  # a program's start: quiet paddle, every core (or MRTDETR_THREADS)
     try:
         cfg = _config(args)
         return COMMANDS[args.command][2](args, cfg)

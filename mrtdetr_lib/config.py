@@ -108,7 +108,6 @@ class TrainConfig:
     clip_grad_norm: float = 0.1
     use_ema: bool = True
     ema_decay: float = 0.9999
-    ema_decay_type: str = "exponential"
     ema_filter_no_grad: bool = True
     ema_ramp_steps: int = 2000  # time constant of the decay's ramp (ppdet: fixed 2000)
     amp: bool = False
@@ -118,7 +117,10 @@ class TrainConfig:
     log_iter: int = 20
     output_dir: str = "output"
     seed: int = 0
-    pretrain_weights: Optional[str] = None  # path or URL loaded before training
+    pretrain_weights: Optional[str] = None  # whole-model path or URL loaded before training
+    # ImageNet PP-HGNetV2 for the backbone alone (ppdet's start of a COCO run): a path, a URL or
+    # a size s/m/l/x/h of weights.PRETRAINED_BACKBONES
+    backbone_weights: Optional[str] = None
     weights: Optional[str] = None  # path or URL of the weights to evaluate / infer / export
     resume: Optional[str] = None  # checkpoint to continue from
 

@@ -2,7 +2,7 @@
 
 Preprocessing is PaddleDetection's TestReader for Mask RT-DETR (`Decode`, `Resize` to the eval
 size with `keep_ratio False` and cubic interpolation, `NormalizeImage` to 0..1, `Permute`), taken
-from data/transforms.py, and the drawing mirrors `tools/infer.py` (instances above
+(`data.preprocess`), and the drawing mirrors `tools/infer.py` (instances above
 `--draw_threshold`). The model is a library
 `MaskRTDETR` or any callable with the same eval contract (an exported Paddle Inference / ONNX
 Runtime / TensorRT predictor), so every backend is used the same way.
@@ -15,7 +15,8 @@ import cv2
 import numpy as np
 import paddle
 
-from .data.transforms import Decode, eval_transforms
+from .data.transforms import preprocess, read_image
+from .viz import draw_instances
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 Image = Union[str, np.ndarray]
@@ -36,26 +37,6 @@ def list_images(infer_img: Optional[str] = None, infer_dir: Optional[str] = None
     if not images:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {infer_dir}")
     return images
-
-
-def read_image(path: str) -> np.ndarray:
-    """RGB uint8 [H, W, 3], read as the data sets read images (data/transforms.py Decode)."""
-    return Decode()({"im_file": path})["image"]
-
-
-def preprocess(image_rgb: np.ndarray, size: Sequence[int]) -> Dict[str, np.ndarray]:
-    """RGB uint8 [H0, W0, 3] -> model inputs (batch of 1) at `size` (h, w), as numpy arrays.
-
-    The evaluation data set's own transforms (after decoding), so `mrtdetr infer` sees exactly
-    the inputs that `mrtdetr eval` scores.
-    """
-    h0, w0 = image_rgb.shape[:2]
-    sample = {"image": image_rgb, "im_shape": np.array([h0, w0], np.float32),
-              "scale_factor": np.ones(2, np.float32)}
-    for transform in eval_transforms(size):
-        if not isinstance(transform, Decode):
-            sample = transform(sample)
-    return {k: sample[k][None] for k in ("image", "im_shape", "scale_factor")}
 
 
 class Predictor:
@@ -95,8 +76,6 @@ class Predictor:
 
     def draw(self, image: Image, instances: Optional[Dict[str, np.ndarray]] = None) -> np.ndarray:
         """RGB uint8 image with the instances' masks, boxes and labels drawn on it."""
-        from .viz import draw_instances
-
         rgb = read_image(image) if isinstance(image, str) else image
         instances = instances if instances is not None else self(rgb)
         return draw_instances(rgb, instances, class_names=self.class_names)

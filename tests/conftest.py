@@ -10,6 +10,10 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("MRTDETR_QUICK", "1")
 os.environ.setdefault("GLOG_minloglevel", "2")
 
+import mrtdetr_lib  # noqa: E402
+
+mrtdetr_lib.setup()  # a program's start: quiet paddle, every core (or MRTDETR_THREADS)
+
 
 def reference_dir() -> Path:
     """The ground-truth folder: env MRTDETR_REFERENCE_DIR, default ../shared/reference."""

@@ -93,8 +93,6 @@ def test_lr_mult_reaches_parameters():
 def test_bad_arguments_fail_clearly():
     with pytest.raises(ValueError, match="arch 'Q' unknown"):
         PPHGNetV2("Q")
-    with pytest.raises(ValueError, match="use_lab"):
-        PPHGNetV2("T", use_lab=True)
     with pytest.raises(ValueError, match="lr_mult_list needs 5"):
         PPHGNetV2("T", lr_mult_list=[1.0, 1.0])
 

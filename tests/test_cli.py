@@ -64,13 +64,6 @@ def test_python_dash_m_runs_the_cli():
     assert "mrtdetr: error: " in proc.stderr and "unknown override key 'nope'" in proc.stderr
 
 
-def _missing(module):
-    import importlib.util
-    return importlib.util.find_spec(module) is None
-
-
-@pytest.mark.skipif(_missing("mrtdetr_lib.loss.criterion") or _missing("mrtdetr_lib.weights"),
-                    reason="needs mrtdetr_lib/loss/criterion.py and mrtdetr_lib/weights.py")
 def test_quick_train_eval_infer_from_a_fresh_checkout(tmp_path):
     """`make shapes` + the README's three commands, in quick mode (a few steps and images)."""
     from mrtdetr_lib.data.shapes import make_shapes

@@ -5,9 +5,16 @@ import paddle
 import pytest
 
 import mrtdetr_lib as mrt
+from mrtdetr_lib.course.explorer import (
+    PredictionCache,
+    collect_predictions,
+    draw_predictions,
+    enlarge,
+    filter_predictions,
+    threshold_explorer,
+)
+from mrtdetr_lib.data import preprocess
 from mrtdetr_lib.model.postprocess import DETRPostProcess
-from mrtdetr_lib.viz import (PredictionCache, collect_predictions, draw_predictions, enlarge,
-                             filter_predictions, threshold_explorer)
 
 
 def _raw(batch=2, queries=6, classes=3, seed=0):
@@ -110,7 +117,6 @@ def test_collect_predictions_keeps_every_top_k_detection():
     assert pred["boxes"].shape == (7, 4) and np.all(np.diff(pred["scores"]) <= 0)
     # the cached probabilities at 0.5 give the masks the model itself returns
     model.eval()
-    from mrtdetr_lib.infer import preprocess
     inputs = {k: paddle.to_tensor(v) for k, v in preprocess(images[1], (96, 96)).items()}
     with paddle.no_grad():
         masks = model(inputs)["mask"].numpy().astype(bool)

@@ -6,9 +6,15 @@ import paddle
 import pytest
 
 import mrtdetr_lib as mrt
-from mrtdetr_lib.engine.query_study import (build_setting, check_setting, markdown_table,
-                                            one_at_a_time, plot_ap_latency, plot_latency,
-                                            query_study)
+from mrtdetr_lib.course.query_study import (
+    build_setting,
+    check_setting,
+    markdown_table,
+    one_at_a_time,
+    plot_ap_latency,
+    plot_latency,
+    query_study,
+)
 
 
 @pytest.fixture(scope="module")

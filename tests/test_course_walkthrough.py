@@ -1,4 +1,4 @@
-"""model/inspect.py: the step-by-step forward equals the model's, counts match the manifests."""
+"""course/walkthrough.py: the step-by-step forward equals the model's; counts match manifests."""
 
 import json
 
@@ -7,12 +7,21 @@ import paddle
 import pytest
 from conftest import reference_dir
 
+from mrtdetr_lib.course.walkthrough import (
+    boxes_to_pixels,
+    count_parameters,
+    draw_boxes,
+    fit_one_batch,
+    format_parameter_table,
+    forward_intermediates,
+    heatmap,
+    labelled_image,
+    manifest_shapes,
+    masks_to_pixels,
+    model_shapes,
+    parameter_table,
+)
 from mrtdetr_lib.model import build_model
-from mrtdetr_lib.model.inspect import (boxes_to_pixels, count_parameters, draw_boxes,
-                                       fit_one_batch, format_parameter_table,
-                                       forward_intermediates, heatmap, labelled_image,
-                                       manifest_shapes, masks_to_pixels, model_shapes,
-                                       parameter_table)
 
 
 def _tiny_and_inputs(batch: int = 2, **overrides):

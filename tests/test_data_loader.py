@@ -90,7 +90,7 @@ def test_bad_split_and_too_few_images(cfg):
     with pytest.raises(ValueError, match="split must be"):
         build_dataset(cfg.data, "test")
     big = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, batch_size=64))
-    with pytest.raises(ValueError, match="fewer than one batch of 64"):
+    with pytest.raises(ValueError, match="fewer than one batch of data.batch_size=64"):
         build_loader(big, "train")
 
 

@@ -6,9 +6,15 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 
-from mrtdetr_lib.engine.evaluator import (COCOEvaluator, evaluate_predictor, format_table,
-                                          per_class_table, plot_pr_curves, summary,
-                                          to_coco_results)
+from mrtdetr_lib.engine.evaluator import (
+    COCOEvaluator,
+    evaluate_predictor,
+    format_table,
+    per_class_table,
+    plot_pr_curves,
+    summary,
+    to_coco_results,
+)
 
 H, W = 40, 60
 # Two images; the data set's category ids are not contiguous (3 = "circle", 7 = "square").

@@ -10,8 +10,13 @@ import paddle
 import pytest
 
 import mrtdetr_lib as mrt
-from mrtdetr_lib.export import (OnnxPredictor, PaddlePredictor, build_trt_engine, export_onnx,
-                                tensorrt_available)
+from mrtdetr_lib.export import (
+    OnnxPredictor,
+    PaddlePredictor,
+    build_trt_engine,
+    export_onnx,
+    tensorrt_available,
+)
 
 
 def _inputs(batch, size=(256, 256), seed=0):
@@ -162,3 +167,16 @@ def test_l_reference_weights_onnx_parity(ref_dir, refweights, tmp_path):
                            max_mask_pixels=300)
     assert_same_detections(PaddlePredictor(tmp_path / "l_b1_paddle")(inputs), eager,
                            box_atol=0.05, max_mask_pixels=300)
+
+
+def test_converter_chatter_goes_to_a_log_file(tiny, tmp_path, capfd):
+    """paddle2onnx writes from C++ to file descriptor 1, polygraphy prints from Python: both end
+    up in `<name>.log`, so benchmarks' stdout carries only JSON and notebooks only results."""
+    capfd.readouterr()
+    path = export_onnx(tiny, tmp_path, "tiny", batch=1)
+    out, err = capfd.readouterr()
+    assert "Paddle2ONNX" not in out + err and "Folding Constants" not in out + err
+    log = path.with_suffix(".log").read_text()
+    assert "[Paddle2ONNX]" in log and "Folding Constants" in log
+    print("after")  # the descriptors are back where they were
+    assert capfd.readouterr().out == "after\n"

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 
 import mrtdetr_lib as mrt
-from mrtdetr_lib.data import build_dataset
+from mrtdetr_lib.data import build_dataset, preprocess, read_image
 from mrtdetr_lib.data.shapes import make_shapes
-from mrtdetr_lib.infer import Predictor, list_images, preprocess, read_image
+from mrtdetr_lib.infer import Predictor, list_images
+
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
@@ -77,7 +78,7 @@ def test_save_drawings_writes_one_image_per_input(shapes, tmp_path):
     images = list_images(infer_dir=str(shapes / "val"))
     results = list(predictor.save_drawings(images, str(tmp_path / "out")))
     assert len(results) == 3
-    for path, saved, instances in results:
+    for path, saved, _ in results:
         drawn = cv2.imread(saved)
         assert drawn.shape == (200, 200, 3)
         assert not np.array_equal(drawn[..., ::-1], read_image(path))  # something was drawn

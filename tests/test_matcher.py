@@ -4,6 +4,7 @@ import numpy as np
 import paddle
 import pytest
 
+from mrtdetr_lib.course.training import cost_matrices
 from mrtdetr_lib.loss.matcher import HungarianMatcher
 
 
@@ -93,7 +94,7 @@ def test_cost_matrices_show_what_forward_decides(fixed_rand):
     boxes, logits, masks = _predictions()
     targets = _targets([3, 0])
     matcher = HungarianMatcher(num_sample_points=64)
-    shown = matcher.cost_matrices(boxes, logits, masks, *targets)
+    shown = cost_matrices(matcher, boxes, logits, masks, *targets)
     indices = _as_lists(matcher(boxes, logits, masks, *targets))
     assert [c["total"].shape for c in shown] == [(12, 3), (12, 0)]
     for costs, (queries, gts) in zip(shown, indices):

@@ -22,6 +22,10 @@ import numpy as np
 import paddle
 
 from ..config import Config, ModelConfig
+from ..data import build_loader
+from ..engine.evaluator import evaluate_predictor
+from ..export import OnnxPredictor, export_onnx
+from ..model.detr import build_model
 from ..timing import timed
 from ..weights import compare, load_pretrained
 
@@ -79,7 +83,6 @@ def build_setting(cfg: ModelConfig, setting: Dict[str, int],
                   weights: Weights = None) -> paddle.nn.Layer:
     """A model in eval mode for one setting, with `weights` (path or state dict) loaded strictly;
     random weights (seed 0) when None."""
-    from ..model.detr import build_model
 
     check_setting(cfg, setting)
     paddle.seed(0)
@@ -126,7 +129,6 @@ def _example_inputs(cfg: ModelConfig, loader: Any) -> Dict[str, np.ndarray]:
 def _ap(predict: Callable, loader: Any) -> Dict[str, Optional[float]]:
     if loader is None:
         return {"box_AP": None, "mask_AP": None}
-    from .evaluator import evaluate_predictor
 
     dataset = loader.dataset
     metrics = evaluate_predictor(predict, loader, dataset.coco, dataset.cat_ids, progress=False)
@@ -144,8 +146,6 @@ def query_study(cfg: Config, settings: Sequence[Dict[str, int]], weights: Weight
     `weights`: a .pdparams path or state dict (None: random weights, latency only makes sense).
     ONNX files go to `export_dir` (default: a temporary folder).
     """
-    from ..data import build_loader
-    from ..export import OnnxPredictor, export_onnx
 
     for backend in backends:
         if backend not in BACKENDS:
@@ -172,7 +172,7 @@ def query_study(cfg: Config, settings: Sequence[Dict[str, int]], weights: Weight
                 onnx_predictor = OnnxPredictor(onnx_path)
                 predict = lambda batch, p=onnx_predictor: p(_numpy_inputs(batch))  # noqa: E731
             row = {**common, "backend": backend,
-                   "latency_ms": median_latency(lambda: predict(inputs), runs, warmup),
+                   "latency_ms": median_latency(lambda p=predict: p(inputs), runs, warmup),
                    **_ap(predict, loader)}
             rows.append(row)
             log(_row_line(row))

@@ -5,7 +5,7 @@ one image (so that an untrained chapter-02 model still shows meaningful pictures
 `forward_intermediates` runs the backbone and neck once with forward hooks (to catch the AIFI
 input/output without repeating the neck's code), then the decoder stage step by step through the
 public methods of MaskRTDETRTransformer, in the order of its own `forward`; its final output
-equals `model(inputs)` (tests/test_model_inspect.py). Chapter 02 draws what it returns.
+equals `model(inputs)` (tests/test_course_walkthrough.py). Chapter 02 draws what it returns.
 """
 
 import json
@@ -17,6 +17,12 @@ import cv2
 import numpy as np
 import paddle
 import paddle.nn.functional as F
+
+from ..data import transforms as T
+from ..data.coco import COCOInstanceDataset
+from ..data.loader import Collate
+from ..model.detr import build_model
+from ..viz import PALETTE
 
 PARTS = ("backbone", "neck", "transformer")
 Array = Union[np.ndarray, paddle.Tensor]
@@ -44,8 +50,6 @@ def draw_boxes(image: np.ndarray, boxes_xyxy: Array, thickness: int = 1,
                colour: Optional[Sequence[int]] = None) -> np.ndarray:
     """RGB uint8 image with x1, y1, x2, y2 pixel boxes [n, 4] drawn (one palette colour per box,
     or `colour` for all); no labels, so dozens of boxes stay readable."""
-    from ..viz import PALETTE
-
     canvas = np.ascontiguousarray(image, np.uint8).copy()
     for i, box in enumerate(np.asarray(boxes_xyxy, np.float32).reshape(-1, 4)):
         x1, y1, x2, y2 = (int(round(float(v))) for v in box)
@@ -109,8 +113,6 @@ def parameter_table(archs: Sequence[str] = ("s", "m", "l", "x", "h"),
                     reference_dir: Optional[Union[str, Path]] = None) -> List[Dict[str, Any]]:
     """One row per size: the built model's counts per part, the manifest's (None when the
     reference folder is absent) and `same_keys`: names and shapes equal the manifest's."""
-    from .detr import build_model
-
     folder = Path(reference_dir) if reference_dir else default_reference_dir()
     rows = []
     for arch in archs:
@@ -224,9 +226,6 @@ def labelled_image(image_dir: str, anno_path: str, index: int, size: Sequence[in
     """Image `index` of a COCO data set with its targets, resized to `size` (h, w) with no
     augmentation -> a batch of one as numpy (image, im_shape, scale_factor, gt_class, gt_bbox,
     gt_segm lists), the training reader's format (chapter 01)."""
-    from ..data import transforms as T  # here: model/ itself never depends on data/
-    from ..data.coco import COCOInstanceDataset
-    from ..data.loader import Collate
 
     steps = [T.Decode(), T.Poly2Mask(), T.Resize(size, cv2.INTER_CUBIC), T.NormalizeImage(),
              T.NormalizeBox(), T.BboxXYXY2XYWH(), T.Permute()]

@@ -42,26 +42,40 @@ class Collate:
 
 
 class SeededBatchSampler:
-    """Batches of (index, seed) keys; order and augmentation follow from (seed, epoch) alone, so
-    any number of workers gives the same batches. Each pass over it is the next epoch."""
+    """Batches of (index, seed) keys, fixed by (seed, epoch): resumable mid-epoch, sharded by rank.
+
+    The data set seeds each sample's augmentation (and Collate the batch's random size) from the
+    keys, so the same sample gets the same augmentation in the same epoch whatever the number
+    of workers or restarts. A full pass moves on to the next epoch; `set_epoch` chooses one.
+    """
 
     def __init__(self, size: int, batch_size: int, shuffle: bool = True, drop_last: bool = True,
-                 seed: int = 0):
+                 seed: int = 0, rank: int = 0, world_size: int = 1):
         self.size, self.batch_size, self.seed = size, batch_size, seed
-        self.shuffle, self.drop_last, self.epoch = shuffle, drop_last, 0
+        self.shuffle, self.drop_last = shuffle, drop_last
+        self.rank, self.world = rank, world_size
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Choose the epoch's order and how many of its first batches to leave out (resume)."""
+        self.epoch, self.skip = epoch, skip
 
     def __len__(self) -> int:
-        return (self.size // self.batch_size if self.drop_last
-                else math.ceil(self.size / self.batch_size))
+        per_rank = math.ceil(self.size / self.world)
+        return per_rank // self.batch_size if self.drop_last else math.ceil(
+            per_rank / self.batch_size)
 
     def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        order = rng.permutation(self.size) if self.shuffle else np.arange(self.size)
-        seeds = rng.integers(0, 2**31 - 1, self.size)
-        self.epoch += 1
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            stop = min(start + self.batch_size, self.size)
-            yield [(int(order[i]), int(seeds[i])) for i in range(start, stop)]
+        order = (np.random.RandomState([self.seed, self.epoch]).permutation(self.size)
+                 if self.shuffle else np.arange(self.size))
+        per_rank = math.ceil(self.size / self.world)
+        # every rank gets as many samples: the order is padded by repeating its start
+        order = np.resize(order, per_rank * self.world)[self.rank::self.world]
+        seeds = np.random.RandomState([self.seed, self.epoch, 1]).randint(0, 2**31 - 1, self.size)
+        for b in range(self.skip, len(self)):
+            yield [(int(i), int(seeds[i])) for i in order[b * self.batch_size:
+                                                         (b + 1) * self.batch_size]]
+        self.epoch, self.skip = self.epoch + 1, 0
 
 
 class _Guarded(paddle.io.Dataset):
@@ -131,19 +145,23 @@ def _shared_memory_ok() -> bool:
 
 
 def build_loader(cfg: Config, split: str, num_workers: Optional[int] = None,
-                 seed: Optional[int] = None) -> LoaderWithErrors:
-    """DataLoader of a split: train shuffles and drops the last partial batch; seed = train.seed."""
-    model_size = cfg.model.eval_size
-    if split == "val" and model_size and list(model_size) != list(cfg.data.eval_size):
+                 seed: Optional[int] = None, dataset: Any = None, rank: int = 0,
+                 world_size: int = 1) -> LoaderWithErrors:
+    """DataLoader of a split (of `dataset` if given): train shuffles and drops the last partial
+    batch, seed = train.seed; each of `world_size` processes reads its own shard."""
+    model_size = cfg.model.eval_size  # checked for training too: evaluation would fail later
+    if model_size and list(model_size) != list(cfg.data.eval_size):
         raise ValueError(f"data.eval_size {cfg.data.eval_size} differs from model.eval_size "
                          f"{list(model_size)}: the model's anchors are built for the latter")
-    dataset = build_dataset(cfg.data, split)
+    dataset = dataset if dataset is not None else build_dataset(cfg.data, split)
     train = split == "train"
     batch_size = cfg.data.batch_size if train else cfg.data.eval_batch_size
     sampler = SeededBatchSampler(len(dataset), batch_size, shuffle=train, drop_last=train,
-                                 seed=cfg.train.seed if seed is None else seed)
+                                 seed=cfg.train.seed if seed is None else seed, rank=rank,
+                                 world_size=world_size)
     if len(sampler) == 0:
-        raise ValueError(f"{dataset.anno_path}: {len(dataset)} images, fewer than one batch of "
-                         f"{batch_size}")
+        where = getattr(dataset, "anno_path", "the data set")
+        raise ValueError(f"{where}: {len(dataset)} images, fewer than one batch of "
+                         f"data.batch_size={batch_size} per process ({world_size} processes)")
     workers = cfg.data.num_workers if num_workers is None else num_workers
     return LoaderWithErrors(dataset, sampler, workers)

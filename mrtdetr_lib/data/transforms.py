@@ -338,3 +338,24 @@ def train_transforms(train_sizes: Sequence[int], augment: bool = True
 def eval_transforms(eval_size: Sequence[int]) -> List[Callable]:
     """Sample transforms of the EvalReader/TestReader: bicubic resize to eval_size, no padding."""
     return [Decode(), Resize(eval_size, cv2.INTER_CUBIC), NormalizeImage(), Permute()]
+
+
+# ---------------------------------------------------------------- single images
+def read_image(path: str) -> np.ndarray:
+    """RGB uint8 [H, W, 3], read as the data sets read images (`Decode`)."""
+    return Decode()({"im_file": path})["image"]
+
+
+def preprocess(image_rgb: np.ndarray, size: Sequence[int]) -> Dict[str, np.ndarray]:
+    """RGB uint8 [H0, W0, 3] -> model inputs (batch of 1) at `size` (h, w), as numpy arrays.
+
+    The evaluation data set's own transforms (after decoding), so `mrtdetr infer` sees exactly
+    the inputs that `mrtdetr eval` scores.
+    """
+    h0, w0 = image_rgb.shape[:2]
+    sample = {"image": image_rgb, "im_shape": np.array([h0, w0], np.float32),
+              "scale_factor": np.ones(2, np.float32)}
+    for transform in eval_transforms(size):
+        if not isinstance(transform, Decode):
+            sample = transform(sample)
+    return {k: sample[k][None] for k in ("image", "im_shape", "scale_factor")}

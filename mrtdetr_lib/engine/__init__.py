@@ -1,12 +1,18 @@
 """Training and evaluation: `Trainer` (optimiser, schedule, EMA, AMP, checkpoints, multi-process)
 and the COCO evaluator (`evaluate` for a library model, `evaluate_predictor` for any callable)."""
 
-from .evaluator import (COCOEvaluator, evaluate, evaluate_predictor, format_table, per_class_table,
-                        plot_pr_curves, summary)
-from .log import LivePlot, plot_log, read_log
-from .quick import checkpoint_config, tiny_shapes_checkpoint
+from .evaluator import (
+                        COCOEvaluator,
+                        evaluate,
+                        evaluate_predictor,
+                        format_table,
+                        per_class_table,
+                        plot_pr_curves,
+                        summary,
+)
+from .log import plot_log, read_log
 from .trainer import Trainer, build_optimizer
 
-__all__ = ["COCOEvaluator", "LivePlot", "Trainer", "build_optimizer", "checkpoint_config",
+__all__ = ["COCOEvaluator", "Trainer", "build_optimizer",
            "evaluate", "evaluate_predictor", "format_table", "per_class_table", "plot_log",
-           "plot_pr_curves", "read_log", "summary", "tiny_shapes_checkpoint"]
+           "plot_pr_curves", "read_log", "summary"]

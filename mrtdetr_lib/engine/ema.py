@@ -1,8 +1,8 @@
 """Exponential moving average of the weights, evaluated and saved instead of the raw weights.
 
 Mirrors PaddleDetection's `ppdet/optimizer/ema.py` `ModelEMA` as Mask RT-DETR configures it
-(`ema_decay 0.9999`, `ema_decay_type exponential`, `ema_filter_no_grad True`): the average starts
-at zero and the decay ramps up as `decay * (1 - exp(-(step + 1) / 2000))`, so early averages follow
+(`ema_decay 0.9999`, `ema_decay_type exponential`, the only type here, `ema_filter_no_grad
+True`): the average starts at zero and the decay ramps up as `decay * (1 - exp(-(step + 1) / 2000))`, so early averages follow
 the model closely and no bias correction is needed. The 2000 is fixed in ppdet; here it is
 `ramp_steps` (config `ema_ramp_steps`), because a run of a few hundred steps on a CPU would
 otherwise never average at all. ppdet's other decay types (`threshold`,
@@ -35,11 +35,8 @@ def _batch_norm_stats(model: nn.Layer) -> set:
 class ModelEMA:
     """Shadow copy of `model.state_dict()` updated after every optimiser step."""
 
-    def __init__(self, model: nn.Layer, decay: float = 0.9999, decay_type: str = "exponential",
-                 filter_no_grad: bool = True, ramp_steps: int = RAMP_STEPS):
-        if decay_type != "exponential":
-            raise ValueError(f"ema_decay_type: only 'exponential' (Mask RT-DETR's) is implemented, "
-                             f"got {decay_type!r}")
+    def __init__(self, model: nn.Layer, decay: float = 0.9999, filter_no_grad: bool = True,
+                 ramp_steps: int = RAMP_STEPS):
         if ramp_steps <= 0:
             raise ValueError(f"ema_ramp_steps must be positive, got {ramp_steps}")
         self.decay, self.ramp_steps, self.step = decay, ramp_steps, 0

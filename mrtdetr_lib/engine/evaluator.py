@@ -18,6 +18,8 @@ import pycocotools.mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from ..data import LoaderWithErrors
+
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl",
               "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 IOU_TYPES = {"bbox": "bbox", "mask": "segm"}  # our key -> COCOeval's iouType
@@ -148,7 +150,6 @@ def evaluate(model: paddle.nn.Layer, data: Any, output_dir: Optional[str] = None
     """COCO AP of a library model on a data set (one with `coco` and `cat_ids`) or its loader."""
     loader = data
     if not hasattr(data, "batch_sampler"):  # a data set: evaluate it one image at a time
-        from ..data import LoaderWithErrors
         loader = LoaderWithErrors(data, paddle.io.BatchSampler(data, batch_size=1))
     dataset = getattr(loader, "dataset", data)
     was_training = model.training

@@ -6,7 +6,7 @@ and numbers (`loss`, the loss terms, `lr`; `bbox_AP`, `mask_AP`, ... for eval).
 
 import json
 import os
-from typing import Any, Dict, Iterable, List, Optional, Union
+from typing import Any, Dict, Iterable, List, Union
 
 Record = Dict[str, Any]
 
@@ -85,47 +85,3 @@ def save_curves(log_path: str, image_path: str, smooth: int = 10) -> str:
     figure.savefig(tmp, dpi=100)
     os.replace(tmp, image_path)
     return image_path
-
-
-class WeightTrace:
-    """Trainer callback: one entry of a parameter, raw and EMA, after every step (`.steps`,
-    `.raw`, `.ema` lists), to see what the moving average does."""
-
-    def __init__(self, trainer: Any, name: str, index: int = 0):
-        self.trainer, self.name, self.index = trainer, name, index
-        self.steps: List[int] = []
-        self.raw: List[float] = []
-        self.ema: List[float] = []
-
-    def __call__(self, record: Record) -> None:
-        if record["kind"] != "train":
-            return
-        raw = self.trainer.model.state_dict()[self.name]
-        ema = self.trainer.ema.shadow[self.name] if self.trainer.ema else raw
-        self.steps.append(record["step"])
-        self.raw.append(float(raw.flatten()[self.index]))
-        self.ema.append(float(ema.flatten()[self.index]))
-
-
-class LivePlot:
-    """Trainer callback that redraws `plot_log` in a notebook every `every` steps and after eval."""
-
-    def __init__(self, every: int = 10, smooth: int = 10):
-        self.every, self.smooth = every, smooth
-        self.records: List[Record] = []
-        self.handle: Optional[Any] = None
-
-    def __call__(self, record: Record) -> None:
-        import matplotlib.pyplot as plt
-        from IPython.display import display
-
-        self.records.append(record)
-        if record["kind"] == "train" and record["step"] % self.every:
-            return
-        figure, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-        plot_log(self.records, axes, self.smooth)
-        if self.handle is None:
-            self.handle = display(figure, display_id=True)
-        else:
-            self.handle.update(figure)
-        plt.close(figure)

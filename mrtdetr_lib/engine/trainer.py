@@ -24,16 +24,18 @@ import signal
 import threading
 import time
 import warnings
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 
-import numpy as np
 import paddle
 import paddle.distributed as dist
 from paddle import nn
 
 from ..config import Config, save_config
-from .checkpoint import (atomic_save, optimizer_state, rng_state, set_optimizer_state,
-                         set_rng_state)
+from ..data import build_dataset, build_loader
+from ..loss.criterion import build_criterion
+from ..model.detr import build_model
+from ..weights import load_backbone, load_pretrained
+from .checkpoint import atomic_save, optimizer_state, rng_state, set_optimizer_state, set_rng_state
 from .ema import ModelEMA
 from .evaluator import evaluate, summary
 from .log import JsonLinesLog, Record, save_curves
@@ -77,56 +79,6 @@ def build_optimizer(model: nn.Layer, base_lr: float, weight_decay: float, warmup
     return optimizer, scheduler
 
 
-def lr_multipliers(model: nn.Layer, depth: int = 3) -> List[Tuple[str, str, int]]:
-    """Parameters grouped by the first `depth` parts of their names and their ParamAttr lr
-    multiplier ("frozen" when not trained): rows (prefix, multiplier, number of weights)."""
-    rows: Dict[Tuple[str, str], int] = {}
-    for name, p in model.named_parameters():
-        mult = "frozen" if p.stop_gradient else f"{p.optimize_attr['learning_rate']:g}"
-        key = (".".join(name.split(".")[:depth]), mult)
-        rows[key] = rows.get(key, 0) + int(np.prod(p.shape))
-    return [(prefix, mult, count) for (prefix, mult), count in rows.items()]
-
-
-def global_grad_norm(model: nn.Layer) -> float:
-    """sqrt of the sum of every trainable gradient squared: what ClipGradByGlobalNorm compares
-    with clip_grad_norm (above it, all gradients are scaled by clip / norm)."""
-    squares = [paddle.sum(p.grad.astype("float32") ** 2) for p in model.parameters()
-               if not p.stop_gradient and p.grad is not None]
-    return math.sqrt(float(paddle.add_n(squares))) if squares else 0.0
-
-
-class EpochBatchSampler:
-    """Shuffled batches fixed by (seed, epoch): resumable mid-epoch and sharded by rank.
-
-    Yields `(index, sample_seed)` keys; the data set seeds each sample's augmentation (and the
-    collate function the batch's random resize) from them, so the same sample gets the same
-    augmentation in the same epoch whatever the number of loader workers or restarts.
-    """
-
-    def __init__(self, size: int, batch_size: int, seed: int = 0, rank: int = 0,
-                 world_size: int = 1):
-        self.size, self.batch_size, self.seed = size, batch_size, seed
-        self.rank, self.world = rank, world_size
-        self.epoch, self.skip = 0, 0
-
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        """Choose the epoch's order and how many of its first batches to leave out (resume)."""
-        self.epoch, self.skip = epoch, skip
-
-    def __len__(self) -> int:
-        return math.ceil(self.size / self.world) // self.batch_size  # drop_last, as ppdet's
-
-    def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
-        order = np.random.RandomState([self.seed, self.epoch]).permutation(self.size)
-        order = np.resize(order, math.ceil(self.size / self.world) * self.world)  # pad: repeat
-        order = order[self.rank::self.world]
-        seeds = np.random.RandomState([self.seed, self.epoch, 1]).randint(0, 2**31 - 1, self.size)
-        for b in range(self.skip, len(self)):
-            yield [(int(i), int(seeds[i])) for i in order[b * self.batch_size:
-                                                         (b + 1) * self.batch_size]]
-
-
 class Trainer:
     """Trains `model` on `cfg` (all knobs in `cfg.train`); `run()` yields a record per step."""
 
@@ -143,31 +95,33 @@ class Trainer:
             dist.init_parallel_env()
         self.is_main = self.rank == 0
         paddle.seed(tc.seed + self.rank)
-        self.model = model if model is not None else _build_model(cfg)
-        self.criterion = criterion if criterion is not None else _build_criterion(cfg)
-        self.train_data = train_data if train_data is not None else _build_data(cfg, "train")
+        self.model = model if model is not None else build_model(cfg.model)
+        self.criterion = (criterion if criterion is not None
+                          else build_criterion(cfg.loss, num_classes=cfg.model.num_classes))
+        self.train_data = (train_data if train_data is not None
+                           else build_dataset(cfg.data, "train"))
         self.eval_data = eval_data
         if tc.eval and eval_data is None:
-            self.eval_data = _build_data(cfg, "val")
+            self.eval_data = build_dataset(cfg.data, "val")
+        if tc.backbone_weights and not tc.resume:
+            self._print(str(load_backbone(self.model, tc.backbone_weights)))
         if tc.pretrain_weights and not tc.resume:
-            _load_weights(self.model, tc.pretrain_weights)
-        self.sampler = EpochBatchSampler(len(self.train_data), cfg.data.batch_size, tc.seed,
-                                         rank=self.rank, world_size=self.world)
-        if len(self.sampler) == 0:
-            raise ValueError(f"the training data has {len(self.train_data)} images, fewer than "
-                             f"data.batch_size={cfg.data.batch_size} per process")
+            load_pretrained(self.model, tc.pretrain_weights)
+        self.loader = build_loader(cfg, "train", dataset=self.train_data, rank=self.rank,
+                                   world_size=self.world)
+        self.sampler = self.loader.batch_sampler
         self.optimizer, self.scheduler = build_optimizer(
             self.model, tc.base_lr, tc.weight_decay, tc.warmup_steps, tc.warmup_start_factor,
             tc.clip_grad_norm, tc.lr_schedule, self.total_steps)
-        self.ema = (ModelEMA(self.model, tc.ema_decay, tc.ema_decay_type, tc.ema_filter_no_grad,
+        self.ema = (ModelEMA(self.model, tc.ema_decay, tc.ema_filter_no_grad,
                              tc.ema_ramp_steps)
                     if tc.use_ema else None)
         self.amp = tc.amp and paddle.is_compiled_with_cuda() and "gpu" in paddle.get_device()
         if tc.amp and not self.amp:
             warnings.warn("amp=True has no effect on CPU: paddle 3.3.1's auto_cast only works on "
-                          "CUDA/XPU devices (float16 and bfloat16 alike); training in float32")
+                          "CUDA/XPU devices (float16 and bfloat16 alike); training in float32",
+                          stacklevel=2)
         self.scaler = paddle.amp.GradScaler(init_loss_scaling=1024) if self.amp else None
-        self.loader = _loader(self.train_data, self.sampler, cfg.data.num_workers)
         self.callbacks = list(callbacks)
         self.progress = progress
         self.log = JsonLinesLog(os.path.join(tc.output_dir, "train_log.jsonl"))
@@ -455,28 +409,3 @@ def _set_exact(model: nn.Layer, state: Dict[str, Any], path: str) -> None:
         raise ValueError(f"{path} does not match the model: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]} (was it trained with another config?)")
     model.set_state_dict(state)
-
-
-def _loader(dataset: Any, sampler: EpochBatchSampler, num_workers: int):
-    from ..data import LoaderWithErrors  # a failing sample raises its error instead of hanging
-    return LoaderWithErrors(dataset, sampler, num_workers)
-
-
-def _build_model(cfg: Config) -> nn.Layer:
-    from ..model.detr import build_model
-    return build_model(cfg.model)
-
-
-def _build_criterion(cfg: Config) -> Callable:
-    from ..loss.criterion import build_criterion
-    return build_criterion(cfg.loss, num_classes=cfg.model.num_classes)
-
-
-def _build_data(cfg: Config, split: str) -> Any:
-    from ..data import build_dataset
-    return build_dataset(cfg.data, split)
-
-
-def _load_weights(model: nn.Layer, path: str) -> None:
-    from ..weights import load_pretrained
-    load_pretrained(model, path)

@@ -6,9 +6,12 @@ export_inference -> to_onnx -> bake_inputs (fixed-size engines, e.g. TensorRT) -
 post-process resizes every image's masks to that image's size, which a fixed batch unrolls).
 """
 
+import contextlib
+import ctypes
 import os
+import sys
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
@@ -17,19 +20,39 @@ from .paddle import OUTPUTS, export_inference
 PathLike = Union[str, Path]
 
 
+@contextlib.contextmanager
+def converter_log(path: PathLike) -> Iterator[None]:
+    """Send everything printed meanwhile to the file `path` (appended): Python's sys.stdout and
+    sys.stderr and the C-level file descriptors 1 and 2, where paddle2onnx's C++ core writes."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(path, "ab") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            with open(path, "a") as text, contextlib.redirect_stdout(text), \
+                    contextlib.redirect_stderr(text):
+                yield
+        finally:
+            ctypes.CDLL(None).fflush(None)  # C stdio buffers go to the log, not to the caller
+            for fd, copy in zip((1, 2), saved):
+                os.dup2(copy, fd)
+                os.close(copy)
+
+
 def to_onnx(model_dir: PathLike, onnx_path: PathLike, opset: int = 16) -> Path:
-    """paddle2onnx on `model_dir/model.json`; outputs renamed to bbox, bbox_num, mask."""
+    """paddle2onnx on `model_dir/model.json`; outputs renamed to bbox, bbox_num, mask. What the
+    converter prints (paddle2onnx, polygraphy's folding) goes to `<onnx_path>.log`."""
     import onnx
     import paddle2onnx
 
-    from polygraphy.logger import G_LOGGER
-
-    G_LOGGER.severity = G_LOGGER.ERROR  # its constant folding chats about optional extras
     model_dir, onnx_path = Path(model_dir), Path(onnx_path)
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
-    # POLYGRAPHY_AUTOINSTALL_DEPS=0 (set by mrtdetr_lib's import): its deps are pinned instead
-    paddle2onnx.export(str(model_dir / "model.json"), str(model_dir / "model.pdiparams"),
-                       str(onnx_path), opset_version=opset, verbose=False)
+    # POLYGRAPHY_AUTOINSTALL_DEPS=0 (mrtdetr_lib.setup): its dependencies are pinned instead
+    with converter_log(onnx_path.with_suffix(".log")):
+        paddle2onnx.export(str(model_dir / "model.json"), str(model_dir / "model.pdiparams"),
+                           str(onnx_path), opset_version=opset, verbose=False)
     model = onnx.load(str(onnx_path))
     renames = {out.name: new for out, new in zip(model.graph.output, OUTPUTS)}
     for node in model.graph.node:
@@ -67,7 +90,8 @@ def simplify(onnx_path: PathLike, out_path: PathLike) -> Path:
     import onnx
     import onnxsim
 
-    model, ok = onnxsim.simplify(onnx.load(str(onnx_path)))
+    with converter_log(Path(out_path).with_suffix(".log")):
+        model, ok = onnxsim.simplify(onnx.load(str(onnx_path)))
     if not ok:
         raise RuntimeError(f"onnxsim could not validate the simplified {onnx_path}")
     onnx.save(model, str(out_path))

@@ -24,6 +24,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 
+from ..data.transforms import preprocess, read_image
+
 PathLike = Union[str, Path]
 STATIC_OPS = ("Conv",)
 # fed only by quantised nodes, these run on int8 too, which saves a dequantize + quantize pair
@@ -59,10 +61,8 @@ def static_nodes(model, op_types: Sequence[str], exclude: Sequence[str] = ()) ->
 def calibration_inputs(images: Sequence[Union[PathLike, np.ndarray]], onnx_path: PathLike
                        ) -> List[Dict[str, np.ndarray]]:
     """Image files (or RGB uint8 arrays) -> feeds for the model's fixed batch and size: the eval
-    preprocessing of mrtdetr_lib.infer; a last partial batch repeats its final image."""
+    preprocessing (`data.preprocess`); a last partial batch repeats its final image."""
     import onnx
-
-    from ..infer import preprocess, read_image
 
     if not images:
         raise ValueError("static quantisation needs calibration images, got none")

@@ -28,7 +28,7 @@ def focal_class_cost(probs: paddle.Tensor, alpha: float, gamma: float) -> paddle
     return pos - neg
 
 
-def _per_image(cost: np.ndarray, num_gts: List[int]) -> Iterator[np.ndarray]:
+def per_image(cost: np.ndarray, num_gts: List[int]) -> Iterator[np.ndarray]:
     """[B, Q, N] costs against all the batch's gts -> each image's [Q, n_i] block of its own."""
     start = 0
     for i, count in enumerate(num_gts):
@@ -75,10 +75,10 @@ class HungarianMatcher(nn.Layer):
         empty = paddle.zeros([0], dtype="int64")
         if sum(num_gts) == 0:
             return [(empty, empty) for _ in range(batch)]
-        cost = self._weighted_sum(self._cost_terms(boxes, logits, masks, gt_bbox, gt_class,
+        cost = self.weighted_sum(self.cost_terms(boxes, logits, masks, gt_bbox, gt_class,
                                                    gt_mask, num_gts))
         indices = []
-        for block in _per_image(cost.reshape([batch, num_queries, -1]).numpy(), num_gts):
+        for block in per_image(cost.reshape([batch, num_queries, -1]).numpy(), num_gts):
             if block.shape[1] == 0:
                 indices.append((empty, empty))
                 continue
@@ -87,36 +87,14 @@ class HungarianMatcher(nn.Layer):
                             paddle.to_tensor(cols, dtype="int64")))
         return indices
 
-    @paddle.no_grad()
-    def cost_matrices(self, boxes: paddle.Tensor, logits: paddle.Tensor, masks: paddle.Tensor,
-                      gt_bbox: List[paddle.Tensor], gt_class: List[paddle.Tensor],
-                      gt_mask: List[paddle.Tensor]) -> List[Dict[str, np.ndarray]]:
-        """What `forward` decides on, per image, to look at: the weighted terms (class, bbox,
-        giou, mask, dice) and their sum `total`, each [Q, n_i], and the assignment made from
-        `total` (`query`, `gt`: index arrays). Draws its own mask points (one paddle.rand)."""
-        batch, num_queries = boxes.shape[:2]
-        num_gts = [len(c) for c in gt_class]
-        terms = ({k: paddle.zeros([batch * num_queries, 0]) for k in TERMS}
-                 if sum(num_gts) == 0 else
-                 self._cost_terms(boxes, logits, masks, gt_bbox, gt_class, gt_mask, num_gts))
-        weighted = {k: self.matcher_coeff[k] * v for k, v in terms.items()}
-        weighted["total"] = self._weighted_sum(terms)
-        blocks = {k: list(_per_image(v.numpy().reshape(batch, num_queries, sum(num_gts)), num_gts))
-                  for k, v in weighted.items()}
-        result = []
-        for i in range(batch):
-            item = {k: per_image[i] for k, per_image in blocks.items()}
-            item["query"], item["gt"] = linear_sum_assignment(item["total"])
-            result.append(item)
-        return result
-
-    def _weighted_sum(self, terms: Dict[str, paddle.Tensor]) -> paddle.Tensor:
+    def weighted_sum(self, terms: Dict[str, paddle.Tensor]) -> paddle.Tensor:
+        """The matching cost: the terms of `cost_terms` times `matcher_coeff`, [B*Q, N]."""
         coeff = self.matcher_coeff  # ppdet's order of additions (box terms first)
         cost = coeff["class"] * terms["class"] + coeff["bbox"] * terms["bbox"] \
             + coeff["giou"] * terms["giou"]
         return cost + coeff["mask"] * terms["mask"] + coeff["dice"] * terms["dice"]
 
-    def _cost_terms(self, boxes, logits, masks, gt_bbox, gt_class, gt_mask,
+    def cost_terms(self, boxes, logits, masks, gt_bbox, gt_class, gt_mask,
                     num_gts) -> Dict[str, paddle.Tensor]:
         """The unweighted costs of every prediction against every gt, each [B*Q, N]."""
         probs = F.sigmoid(logits.flatten(0, 1))  # [B*Q, K]

@@ -160,21 +160,17 @@ class PPHGNetV2(nn.Layer):
     `lr_mult_list` scales the learning rate of (stem, stage1..4) through each parameter's
     ParamAttr, as PaddleDetection does. `freeze_at >= 0` freezes the stem (and stages
     0..freeze_at unless `freeze_stem_only`); `freeze_norm` makes every BN use its running
-    statistics with an untrained scale/shift. `use_lab` (learnable affine blocks) is used by
-    no Mask RT-DETR config and is not implemented.
+    statistics with an untrained scale/shift. (ppdet's `use_lab`, learnable affine blocks, is
+    used by no Mask RT-DETR config, so it is not an option here.)
     """
 
-    def __init__(self, arch: str, use_lab: bool = False,
-                 lr_mult_list: Sequence[float] = (1.0, 1.0, 1.0, 1.0, 1.0),
+    def __init__(self, arch: str, lr_mult_list: Sequence[float] = (1.0, 1.0, 1.0, 1.0, 1.0),
                  return_idx: Sequence[int] = (1, 2, 3), freeze_stem_only: bool = True,
                  freeze_at: int = 0, freeze_norm: bool = True):
         super().__init__()
         if arch not in ARCH_CONFIGS:
             raise ValueError(f"PPHGNetV2 arch {arch!r} unknown; choose one of "
                              f"{', '.join(ARCH_CONFIGS)}")
-        if use_lab:
-            raise ValueError("PPHGNetV2 use_lab=True is not supported (no Mask RT-DETR config "
-                             "uses learnable affine blocks)")
         if len(lr_mult_list) != 5:
             raise ValueError(f"PPHGNetV2 lr_mult_list needs 5 values (stem, stage1..4), "
                              f"got {list(lr_mult_list)}")

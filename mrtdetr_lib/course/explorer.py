@@ -1,0 +1,137 @@
+"""Chapter 04's threshold explorer: run a model once, then filter its cached detections.
+
+`collect_predictions` keeps every top-k detection with its mask probabilities; the pure
+`filter_predictions` applies score / mask thresholds and a class filter; `threshold_explorer`
+wires ipywidgets sliders to it, so moving a slider never calls the model again.
+"""
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+import paddle
+
+from ..data import preprocess, read_image, segmentation_to_mask
+from ..viz import draw_instances
+
+
+def ground_truth(dataset: Any, index: int) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
+    """Image `index` of a COCOInstanceDataset, RGB uint8 as on disk, and its objects as
+    instances (boxes [n,4] x1,y1,x2,y2 px, labels [n], masks [n,H,W] bool)."""
+    record = dataset.records[index]
+    masks = [segmentation_to_mask(s, record["h"], record["w"]) for s in record["gt_poly"]]
+    masks = np.stack(masks).astype(bool) if masks else np.zeros((0, record["h"], record["w"]),
+                                                                  bool)
+    return read_image(record["im_file"]), {"boxes": record["gt_bbox"],
+                                           "labels": record["gt_class"].reshape(-1),
+                                           "masks": masks}
+
+
+@dataclass
+class PredictionCache:
+    """Every top-k detection of a few images, kept so thresholds can change without the model.
+
+    `predictions[i]`: boxes [k,4] x1,y1,x2,y2 px, scores [k] (sorted, highest first), labels [k],
+    mask_probs [k,H,W] float16 in 0..1 (before any threshold) for `images[i]` [H,W,3] RGB.
+    """
+
+    images: List[np.ndarray]
+    predictions: List[Dict[str, np.ndarray]]
+    class_names: Sequence[str]
+
+
+def collect_predictions(model: Any, images: Sequence[Any], image_size: Sequence[int],
+                        class_names: Sequence[str]) -> PredictionCache:
+    """Run a library MaskRTDETR once per image (path or RGB array), keeping all k detections
+    with their mask probabilities (the post-process's `return_probs`)."""
+    post_process, was_training = model.post_process, model.training
+    post_process.return_probs = True
+    model.eval()
+    cache = PredictionCache([], [], list(class_names))
+    try:
+        with paddle.no_grad():
+            for image in images:
+                rgb = read_image(image) if isinstance(image, str) else np.asarray(image)
+                inputs = {k: paddle.to_tensor(v)
+                          for k, v in preprocess(rgb, image_size).items()}
+                out = model(inputs)
+                bbox = out["bbox"].numpy()  # [k, 6] label, score, x1, y1, x2, y2 (one image)
+                cache.images.append(rgb)
+                cache.predictions.append({
+                    "boxes": bbox[:, 2:], "scores": bbox[:, 1],
+                    "labels": bbox[:, 0].astype(np.int64),
+                    "mask_probs": out["mask"].numpy().astype(np.float16)})  # half the memory
+    finally:
+        post_process.return_probs = False
+        if was_training:
+            model.train()
+    return cache
+
+
+def filter_predictions(prediction: Dict[str, np.ndarray], score_threshold: float = 0.5,
+                       mask_threshold: float = 0.5,
+                       classes: Optional[Sequence[int]] = None) -> Dict[str, np.ndarray]:
+    """One image's cached detections -> the instances with score >= `score_threshold` and a
+    label in `classes` (None: all), masks [n,H,W] bool = probability > `mask_threshold`
+    (the post-process's rule: 0.5 gives its masks)."""
+    keep = prediction["scores"] >= score_threshold
+    if classes is not None:
+        keep &= np.isin(prediction["labels"], np.asarray(list(classes), np.int64))
+    return {"boxes": prediction["boxes"][keep], "scores": prediction["scores"][keep],
+            "labels": prediction["labels"][keep],
+            "masks": prediction["mask_probs"][keep] > mask_threshold}
+
+
+def draw_predictions(cache: PredictionCache, index: int, score_threshold: float = 0.5,
+                     mask_threshold: float = 0.5, classes: Optional[Sequence[int]] = None,
+                     min_side: int = 384) -> Tuple[np.ndarray, int]:
+    """Image `index` with its filtered detections drawn, enlarged so that its shorter side is
+    at least `min_side` (labels stay readable on small images); returns (RGB, count)."""
+    instances = filter_predictions(cache.predictions[index], score_threshold, mask_threshold,
+                                   classes)
+    image, instances = enlarge(cache.images[index], instances, min_side)
+    return draw_instances(image, instances, cache.class_names), len(instances["scores"])
+
+
+def enlarge(image: np.ndarray, instances: Dict[str, Any], min_side: int = 384
+            ) -> Tuple[np.ndarray, Dict[str, Any]]:
+    """Image [H,W,3] and its instances scaled up by the whole factor that brings the shorter
+    side to at least `min_side` (pixels stay square, masks stay exact); labels then fit."""
+    scale = max(1, -(-min_side // min(image.shape[:2])))
+    if scale == 1:
+        return image, instances
+    h, w = image.shape[:2]
+    instances = dict(instances, boxes=np.asarray(instances["boxes"]) * scale)
+    if instances.get("masks") is not None:
+        instances["masks"] = np.asarray(instances["masks"]).repeat(scale, 1).repeat(scale, 2)
+    return cv2.resize(image, (w * scale, h * scale), interpolation=cv2.INTER_NEAREST), instances
+
+
+def threshold_explorer(cache: PredictionCache, score_threshold: float = 0.5,
+                       mask_threshold: float = 0.5) -> Any:
+    """ipywidgets UI over a PredictionCache: image, score and mask thresholds, class filter;
+    each change redraws from the cache (no model call)."""
+    import ipywidgets as widgets
+
+    image = widgets.IntSlider(0, 0, len(cache.images) - 1, description="image")
+    score = widgets.FloatSlider(score_threshold, min=0.0, max=1.0, step=0.01,
+                                description="score ≥")
+    mask = widgets.FloatSlider(mask_threshold, min=0.05, max=0.95, step=0.05,
+                               description="mask >")
+    names = list(cache.class_names)
+    classes = widgets.SelectMultiple(options=list(zip(names, range(len(names)))),
+                                     value=tuple(range(len(names))), description="classes",
+                                     rows=min(len(names), 6))
+    picture, caption = widgets.Image(format="png"), widgets.HTML()
+
+    def redraw(_: Any = None) -> None:
+        rgb, count = draw_predictions(cache, image.value, score.value, mask.value,
+                                      classes.value)
+        picture.value = cv2.imencode(".png", rgb[..., ::-1])[1].tobytes()  # cv2 writes BGR
+        caption.value = f"{count} of {len(cache.predictions[image.value]['scores'])} detections"
+
+    for control in (image, score, mask, classes):
+        control.observe(redraw, names="value")
+    redraw()
+    return widgets.HBox([picture, widgets.VBox([image, score, mask, classes, caption])])
