@@ -2,6 +2,8 @@
 #   make course   build the shapes data set, run every notebook headless (quick mode), print a summary
 #   make test     unit tests + `pytest --nbval` over notebooks/ (quick mode); what CI runs
 #   make lab      open JupyterLab on the course
+#   make browser-check  chapter 04's explorer in JupyterLab, driven in headless Chromium
+#   make checkpoint  retrain the shipped course checkpoint from scratch (about 1.5 h on 2 cores)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -13,7 +15,7 @@ export POLYGRAPHY_AUTOINSTALL_DEPS := 0
 export PYTHONDONTWRITEBYTECODE := 1
 export MPLBACKEND := Agg
 
-.PHONY: venv course test lab shapes lint clean-venv
+.PHONY: venv course test lab shapes lint clean-venv browser-check checkpoint
 
 $(VENV)/.installed: pyproject.toml requirements-lock.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,8 +35,23 @@ test: venv
 	MRTDETR_QUICK=1 $(PY) -m pytest -q -p no:cacheprovider tests notebooks --nbval \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 900
 
+# configs/tiny_shapes_course.yml on 3000 shapes images, then packaged into mrtdetr_lib/course/checkpoint
+checkpoint: venv
+	$(PY) data_scripts/make_shapes.py --out dataset/shapes_course --train 3000 --val 100
+	rm -rf output/tiny_shapes_course
+	MRTDETR_THREADS=2 $(VENV)/bin/mrtdetr train -c configs/tiny_shapes_course.yml --eval
+	MRTDETR_THREADS=2 $(PY) -m mrtdetr_lib.course.weights output/tiny_shapes_course
+
 lab: venv
 	$(VENV)/bin/jupyter lab notebooks
+
+# Debian's chromium and chromedriver (installed once; sudo when not root), then the check in
+# quick mode: run 04 in JupyterLab, move the score slider, screenshots in build/browser_check/
+browser-check: venv shapes
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium chromium-driver; }
+	MRTDETR_QUICK=1 $(PY) bench/browser_check.py
 
 lint: venv
 	$(VENV)/bin/ruff check mrtdetr_lib tests data_scripts bench
