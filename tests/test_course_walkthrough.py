@@ -11,13 +11,12 @@ from mrtdetr_lib.course.walkthrough import (
     boxes_to_pixels,
     count_parameters,
     draw_boxes,
-    fit_one_batch,
     format_parameter_table,
     forward_intermediates,
     heatmap,
-    labelled_image,
     manifest_shapes,
     masks_to_pixels,
+    match_to_truth,
     model_shapes,
     parameter_table,
 )
@@ -130,19 +129,17 @@ def test_display_helpers():
     assert canvas[2, 2].tolist() == [255, 0, 0] and canvas[5, 5].tolist() == [0, 0, 0]
 
 
-def test_labelled_image_and_fit_one_batch(tmp_path):
-    from mrtdetr_lib import build_criterion
-    from mrtdetr_lib.data.shapes import make_shapes
-
-    make_shapes(str(tmp_path), num_train=1, num_val=2, progress=False)
-    batch = labelled_image(str(tmp_path / "val"), str(tmp_path / "instances_val.json"), 1,
-                           (128, 128))
-    assert batch["image"].shape == (1, 3, 128, 128)
-    assert batch["gt_segm"][0].shape[1:] == (128, 128)
-    assert len(batch["gt_class"][0]) == len(batch["gt_bbox"][0]) >= 1
-    assert (batch["gt_bbox"][0] > 0).all() and (batch["gt_bbox"][0] <= 1).all()  # cxcywh 0..1
-    model, _ = _tiny_and_inputs(1, eval_size=None)
-    losses = fit_one_batch(model, build_criterion(num_classes=4, num_sample_points=256), batch,
-                           steps=4)
-    assert len(losses) == 4 and losses[-1] < losses[0]
-    assert not model.training
+def test_match_to_truth_finds_objects_by_label_and_mask_iou():
+    square = np.zeros((3, 10, 10), bool)
+    square[0, :5, :5] = True  # object 0: label 1
+    square[1, 5:, 5:] = True  # object 1: label 2
+    square[2, :5, 5:] = True  # object 2: label 1, missed
+    truth = {"labels": np.array([1, 2, 1]), "masks": square}
+    det = np.zeros((3, 10, 10), bool)
+    det[0, :5, :4] = True  # IoU 0.8 with object 0
+    det[1, 5:, 5:] = True  # the right place, the wrong label
+    det[2, :5, :5] = True  # a duplicate of object 0: used once only
+    rows = match_to_truth({"labels": np.array([1, 3, 1]), "masks": det}, truth)
+    assert [r["found"] for r in rows] == [True, False, False]
+    assert rows[0]["iou"] == 1.0  # the better of the two detections of label 1
+    assert rows[2]["iou"] == 0.0  # the 0.8 one cannot be reused for object 2 (no overlap)

@@ -91,3 +91,17 @@ def test_loads_as_a_four_class_data_set(shapes):
     assert len(ds) == 40 and ds.class_names == list(CLASSES)
     labels = np.concatenate([r["gt_class"].ravel() for r in ds.records])
     assert set(labels.tolist()) == {0, 1, 2, 3}
+
+
+def test_radius_range_makes_another_data_set_of_smaller_shapes(tmp_path):
+    make_shapes(str(tmp_path / "a"), num_train=1, num_val=8, progress=False)
+    make_shapes(str(tmp_path / "b"), num_train=1, num_val=8, progress=False,
+                radius_range=(0.03, 0.08))
+    areas = {}
+    for name in ("a", "b"):
+        data = json.loads((tmp_path / name / "instances_val.json").read_text())
+        areas[name] = np.median([a["area"] for a in data["annotations"]])
+        assert ("radius_range" in data["info"]["params"]) == (name == "b")
+    assert areas["b"] < areas["a"] / 3
+    # the default build keeps its parameters, so existing data sets are not rebuilt
+    assert not make_shapes(str(tmp_path / "a"), num_train=1, num_val=8, progress=False)

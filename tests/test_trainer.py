@@ -516,3 +516,20 @@ def test_tiny_model_two_processes_with_gloo_on_cpu(shapes, tmp_path):
     records = read_log(str(tmp_path / "out" / "train_log.jsonl"))
     assert [r["step"] for r in records] == [1, 2]  # rank 0 logs, once per step
     assert paddle.load(str(tmp_path / "out" / "last.pdckpt"))["global_step"] == 2
+
+
+def test_backbone_weights_start_the_backbone_from_a_local_file(shapes, tmp_path):
+    """train.backbone_weights: PaddleDetection's start from an ImageNet PP-HGNetV2 file (here a
+    local one; the sizes s..h name the official downloads)."""
+    paddle.seed(3)
+    source = mrt.build_model("tiny")
+    path = tmp_path / "hgnet_t.pdparams"
+    paddle.save({k: v for k, v in source.backbone.state_dict().items()}, str(path))
+    trainer = Trainer(_tiny_cfg(shapes, tmp_path / "out", backbone_weights=str(path)),
+                      progress=False)
+    for name, value in source.backbone.state_dict().items():
+        np.testing.assert_array_equal(trainer.model.backbone.state_dict()[name].numpy(),
+                                      value.numpy(), err_msg=name)
+    with pytest.raises(FileNotFoundError, match="nowhere.pdparams"):
+        Trainer(_tiny_cfg(shapes, tmp_path / "out2", backbone_weights="nowhere.pdparams"),
+                progress=False)

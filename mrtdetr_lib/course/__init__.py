@@ -9,7 +9,7 @@ from ..runtime import setup
 
 setup()
 
-from .weights import checkpoint_config, course_checkpoint, course_weights, load_course_model  # noqa: E402
+from .weights import checkpoint_config, course_checkpoint, course_weights, load_course_model, score  # noqa: E402
 
 __all__ = ["checkpoint_config", "course_checkpoint", "course_weights", "load_course_model",
-           "setup"]
+           "score", "setup"]

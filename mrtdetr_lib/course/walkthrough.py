@@ -1,6 +1,6 @@
 """Looking inside the model for teaching: every intermediate tensor of one eval forward pass,
-parameter counts per part next to PaddleDetection's manifests, and a model that has memorised
-one image (so that an untrained chapter-02 model still shows meaningful pictures).
+parameter counts per part next to PaddleDetection's manifests, and the check that the trained
+model finds every object of the image it walks through.
 
 `forward_intermediates` runs the backbone and neck once with forward hooks (to catch the AIFI
 input/output without repeating the neck's code), then the decoder stage step by step through the
@@ -18,9 +18,6 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 
-from ..data import transforms as T
-from ..data.coco import COCOInstanceDataset
-from ..data.loader import Collate
 from ..model.detr import build_model
 from ..viz import PALETTE
 
@@ -221,37 +218,20 @@ def forward_intermediates(model: paddle.nn.Layer, inputs: Dict[str, paddle.Tenso
     return out
 
 
-def labelled_image(image_dir: str, anno_path: str, index: int, size: Sequence[int]
-                   ) -> Dict[str, Any]:
-    """Image `index` of a COCO data set with its targets, resized to `size` (h, w) with no
-    augmentation -> a batch of one as numpy (image, im_shape, scale_factor, gt_class, gt_bbox,
-    gt_segm lists), the training reader's format (chapter 01)."""
-
-    steps = [T.Decode(), T.Poly2Mask(), T.Resize(size, cv2.INTER_CUBIC), T.NormalizeImage(),
-             T.NormalizeBox(), T.BboxXYXY2XYWH(), T.Permute()]
-    dataset = COCOInstanceDataset(image_dir, anno_path, steps, train=True,
-                                  collate_fn=Collate([]))
-    return dataset.collate_fn([dataset[(index, 0)]])
-
-
-def fit_one_batch(model: paddle.nn.Layer, criterion: paddle.nn.Layer,
-                  batch: Dict[str, Any], steps: int = 40, lr: float = 1e-3) -> List[float]:
-    """Train on one batch `steps` times (AdamW, clip 0.1) -> the loss per step; the classic
-    sanity check that a detector can memorise a few objects. Leaves the model in eval mode."""
-    inputs = {key: ([paddle.to_tensor(v) for v in value] if isinstance(value, list)
-                    else paddle.to_tensor(value))
-              for key, value in batch.items()
-              if key in ("image", "im_shape", "scale_factor", "gt_class", "gt_bbox", "gt_segm")}
-    optimizer = paddle.optimizer.AdamW(learning_rate=lr, parameters=model.parameters(),
-                                       weight_decay=1e-4,
-                                       grad_clip=paddle.nn.ClipGradByGlobalNorm(0.1))
-    model.train()
-    losses = []
-    for _ in range(steps):
-        loss = criterion(model(inputs), inputs)["loss"]
-        loss.backward()
-        optimizer.step()
-        optimizer.clear_grad()
-        losses.append(float(loss))
-    model.eval()
-    return losses
+def match_to_truth(detections: Dict[str, np.ndarray], truth: Dict[str, np.ndarray],
+                   iou_threshold: float = 0.5) -> List[Dict[str, Any]]:
+    """For every ground-truth object (boxes [n,4], labels [n], masks [n,H,W]): the detection of
+    the same label whose mask overlaps it most (mask IoU), each detection used once, best first
+    -> rows {label, iou, found} with found = iou >= `iou_threshold` (COCO's AP50 rule)."""
+    det_masks = np.asarray(detections["masks"]).astype(bool)
+    det_labels = np.asarray(detections["labels"]).reshape(-1)
+    used, rows = set(), []
+    for label, gt_mask in zip(np.asarray(truth["labels"]).reshape(-1),
+                              np.asarray(truth["masks"]).astype(bool)):
+        ious = [(np.logical_and(m, gt_mask).sum() / max(np.logical_or(m, gt_mask).sum(), 1), j)
+                for j, m in enumerate(det_masks) if det_labels[j] == label and j not in used]
+        iou, j = max(ious, default=(0.0, None))
+        if j is not None and iou >= iou_threshold:
+            used.add(j)
+        rows.append({"label": int(label), "iou": float(iou), "found": bool(iou >= iou_threshold)})
+    return rows

@@ -20,6 +20,7 @@ from .coco import mask_to_rle
 
 CLASSES = ("circle", "square", "triangle", "star")
 VERSION = 1  # bump when the generator changes, so existing data sets are rebuilt
+RADIUS_RANGE = (0.05, 0.21)  # circumradius of a shape, as a fraction of the image side
 
 
 def shape_polygon(kind: int, center: np.ndarray, radius: float, angle: float) -> np.ndarray:
@@ -48,7 +49,8 @@ def _uncompressed_rle(mask: np.ndarray) -> Dict[str, Any]:
     return {"size": list(mask.shape), "counts": ([0] if flat[0] else []) + runs}
 
 
-def _place_shapes(rng: np.random.Generator, size: int) -> List[Tuple[int, list, np.ndarray]]:
+def _place_shapes(rng: np.random.Generator, size: int, radius_range: Tuple[float, float]
+                  ) -> List[Tuple[int, list, np.ndarray]]:
     """1-6 shapes, bottom to top: (class, polygon, visible mask); every shape stays >= half
     visible, and the polygon is None for an occluded one (its visible part is no polygon)."""
     shapes, visible = [], []
@@ -56,7 +58,7 @@ def _place_shapes(rng: np.random.Generator, size: int) -> List[Tuple[int, list, 
     for _ in range(10 * wanted):
         if len(shapes) == wanted:
             break
-        kind, radius = int(rng.integers(len(CLASSES))), rng.uniform(0.05, 0.21) * size
+        kind, radius = int(rng.integers(len(CLASSES))), rng.uniform(*radius_range) * size
         center = rng.uniform(radius, size - radius, 2)
         polygon = np.round(shape_polygon(kind, center, radius, rng.uniform(0, 2 * np.pi)), 2)
         polygon = polygon.ravel().tolist()
@@ -79,11 +81,13 @@ def _colour(rng: np.random.Generator, avoid: List[np.ndarray]) -> np.ndarray:
     return colour
 
 
-def render_image(rng: np.random.Generator, size: int) -> Tuple[np.ndarray, List[Dict[str, Any]]]:
+def render_image(rng: np.random.Generator, size: int,
+                 radius_range: Tuple[float, float] = RADIUS_RANGE
+                 ) -> Tuple[np.ndarray, List[Dict[str, Any]]]:
     """One RGB uint8 image and its objects: {category_id, segmentation, bbox, area, iscrowd}."""
     image = _background(rng, size)
     objects, colours = [], []
-    for kind, polygon, visible in _place_shapes(rng, size):
+    for kind, polygon, visible in _place_shapes(rng, size, radius_range):
         # painting only the visible part is the same as painting it whole, then the shapes above
         colours.append(_colour(rng, [image[visible > 0].mean(0)] + colours))
         image[visible > 0] = colours[-1] + rng.normal(0, 5, (int(visible.sum()), 3))
@@ -116,11 +120,14 @@ def _is_complete(out_dir: str, params: Dict[str, Any]) -> bool:
 
 def make_shapes(out_dir: str = "dataset/shapes", num_train: Optional[int] = None,
                 num_val: Optional[int] = None, image_size: int = 256, seed: int = 0,
-                progress: bool = True) -> bool:
+                progress: bool = True,
+                radius_range: Tuple[float, float] = RADIUS_RANGE) -> bool:
     """Write the data set to `out_dir` (train/, val/, instances_{train,val}.json).
 
-    Sizes default to 1000 train / 100 val images, 300 / 50 in quick mode. Does nothing and
-    returns False when the data set already exists with the same parameters.
+    Sizes default to 1000 train / 100 val images, 300 / 50 in quick mode. `radius_range` sets
+    the shapes' size (fraction of the image side): another range is another data set (chapter
+    03 fine-tunes on smaller shapes). Does nothing and returns False when the data set already
+    exists with the same parameters.
     """
     from tqdm.auto import tqdm
 
@@ -129,6 +136,8 @@ def make_shapes(out_dir: str = "dataset/shapes", num_train: Optional[int] = None
     num_val = num_val if num_val is not None else (50 if quick else 100)
     params = {"version": VERSION, "num_train": num_train, "num_val": num_val,
               "image_size": image_size, "seed": seed}
+    if tuple(radius_range) != RADIUS_RANGE:  # the default stays out: existing sets stay valid
+        params["radius_range"] = list(radius_range)
     if _is_complete(out_dir, params):
         return False
     categories = [{"id": i + 1, "name": name, "supercategory": "shape"}
@@ -137,7 +146,8 @@ def make_shapes(out_dir: str = "dataset/shapes", num_train: Optional[int] = None
         os.makedirs(os.path.join(out_dir, split), exist_ok=True)
         images, annotations = [], []
         for i in tqdm(range(count), desc=f"shapes {split}", disable=not progress):
-            image, objects = render_image(np.random.default_rng([seed, split_id, i]), image_size)
+            image, objects = render_image(np.random.default_rng([seed, split_id, i]), image_size,
+                                          radius_range)
             name = f"{i:06d}.jpg"
             cv2.imwrite(os.path.join(out_dir, split, name), image[..., ::-1],
                         [cv2.IMWRITE_JPEG_QUALITY, 95])
