@@ -1,5 +1,6 @@
 """Threshold explorer: mask probabilities from the post-process, the pure filter, the widgets."""
 
+import cv2
 import numpy as np
 import paddle
 import pytest
@@ -11,7 +12,11 @@ from mrtdetr_lib.course.explorer import (
     draw_predictions,
     enlarge,
     filter_predictions,
+    mask_iou,
+    match_instances,
+    score_sweep,
     threshold_explorer,
+    view_image,
 )
 from mrtdetr_lib.data import preprocess
 from mrtdetr_lib.model.postprocess import DETRPostProcess
@@ -92,7 +97,8 @@ def test_widgets_redraw_from_the_cache():
     box = threshold_explorer(_cache(), score_threshold=0.5)
     picture, controls = box.children
     image, score, mask, classes, caption = controls.children
-    assert caption.value == "2 of 3 detections" and picture.value[:4] == b"\x89PNG"
+    assert caption.value == "2 of 3 detections" and picture.value[:2] == b"\xff\xd8"  # JPEG
+    assert picture.value == view_image(_cache(), 0, 0.5, 0.5)  # the static copy of this view
     before = picture.value
     score.value = 0.1
     assert caption.value == "3 of 3 detections" and picture.value != before
@@ -103,6 +109,9 @@ def test_widgets_redraw_from_the_cache():
     assert picture.value != before
     image.value = 1
     assert caption.value == "1 of 3 detections"
+    second = threshold_explorer(_cache(), score_threshold=0.1, index=1)
+    assert second.children[1].children[0].value == 1
+    assert second.children[0].value == view_image(_cache(), 1, 0.1, 0.5)
 
 
 def test_collect_predictions_keeps_every_top_k_detection():
@@ -125,3 +134,49 @@ def test_collect_predictions_keeps_every_top_k_detection():
     # close to the threshold may flip (an untrained model has many of them)
     flipped = kept["masks"] != masks
     assert np.abs(pred["mask_probs"][flipped].astype(np.float32) - 0.5).max(initial=0) <= 1e-3
+
+
+def test_view_image_is_the_drawing_as_jpeg():
+    cache = _cache()
+    jpeg = view_image(cache, 0, score_threshold=0.5)
+    decoded = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+    drawn, _ = draw_predictions(cache, 0, score_threshold=0.5)
+    assert decoded.shape == drawn.shape
+    assert np.abs(decoded.astype(int) - drawn).mean() < 3  # JPEG: close, not exact
+    assert view_image(cache, 0, 0.95) != jpeg  # no detection left: another picture
+
+
+def _truth():
+    """Two objects on 4x4: class 0 the top half, class 1 the whole image."""
+    masks = np.zeros((2, 4, 4), bool)
+    masks[0, :2] = True
+    masks[1] = True
+    return {"labels": np.array([0, 1]), "masks": masks}
+
+
+def test_mask_iou_of_known_masks():
+    truth = _truth()["masks"]
+    iou = mask_iou(truth, truth)
+    np.testing.assert_allclose(iou, [[1, 0.5], [0.5, 1]])
+    assert mask_iou(np.zeros((1, 4, 4), bool), np.zeros((1, 4, 4), bool))[0, 0] == 0
+
+
+def test_match_instances_is_cocos_greedy_rule():
+    kept = filter_predictions(_prediction(), score_threshold=0.0)
+    # 0 (class 0, top half): hit; 1 (class 1, whole image): hit; 2 (class 0, one pixel): miss
+    assert match_instances(kept, _truth()).tolist() == [True, True, False]
+    duplicate = {k: np.concatenate([v[:1], v[:1]]) for k, v in kept.items()}
+    duplicate["scores"] = np.array([0.4, 0.9], np.float32)  # the higher score matches first
+    assert match_instances(duplicate, _truth()).tolist() == [False, True]
+    assert match_instances(kept, _truth(), iou_threshold=1.01).tolist() == [False] * 3
+    empty = {"labels": np.zeros(0, int), "masks": np.zeros((0, 4, 4), bool)}
+    assert match_instances(kept, empty).tolist() == [False] * 3
+
+
+def test_score_sweep_counts_precision_and_recall():
+    cache = _cache()
+    rows = score_sweep(cache, [_truth(), _truth()], [0.0, 0.5, 0.95])
+    assert [r["kept"] for r in rows] == [6, 4, 0] and [r["found"] for r in rows] == [4, 4, 0]
+    assert rows[0]["objects"] == 4 and rows[0]["precision"] == pytest.approx(4 / 6)
+    assert rows[1]["precision"] == 1 and rows[1]["recall"] == 1 and rows[1]["f1"] == 1
+    assert np.isnan(rows[2]["precision"]) and rows[2]["recall"] == 0 and rows[2]["f1"] == 0

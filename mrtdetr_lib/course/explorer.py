@@ -2,7 +2,9 @@
 
 `collect_predictions` keeps every top-k detection with its mask probabilities; the pure
 `filter_predictions` applies score / mask thresholds and a class filter; `threshold_explorer`
-wires ipywidgets sliders to it, so moving a slider never calls the model again.
+wires ipywidgets sliders to it, so moving a slider never calls the model again; `view_image`
+is one of its views as a JPEG (a static copy for pages without a kernel). `match_instances`
+and `score_sweep` judge the kept detections against the ground truth (COCO's greedy rule).
 """
 
 from dataclasses import dataclass
@@ -108,13 +110,22 @@ def enlarge(image: np.ndarray, instances: Dict[str, Any], min_side: int = 384
     return cv2.resize(image, (w * scale, h * scale), interpolation=cv2.INTER_NEAREST), instances
 
 
+def view_image(cache: PredictionCache, index: int = 0, score_threshold: float = 0.5,
+               mask_threshold: float = 0.5, classes: Optional[Sequence[int]] = None,
+               quality: int = 90) -> bytes:
+    """JPEG bytes of `draw_predictions`: what the threshold explorer shows for these values."""
+    rgb, _ = draw_predictions(cache, index, score_threshold, mask_threshold, classes)
+    return cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
+
+
 def threshold_explorer(cache: PredictionCache, score_threshold: float = 0.5,
-                       mask_threshold: float = 0.5) -> Any:
+                       mask_threshold: float = 0.5, index: int = 0) -> Any:
     """ipywidgets UI over a PredictionCache: image, score and mask thresholds, class filter;
-    each change redraws from the cache (no model call)."""
+    each change redraws from the cache (no model call). Its first view (image `index`) is
+    `view_image(cache, index, score_threshold, mask_threshold)`."""
     import ipywidgets as widgets
 
-    image = widgets.IntSlider(0, 0, len(cache.images) - 1, description="image")
+    image = widgets.IntSlider(index, 0, len(cache.images) - 1, description="image")
     score = widgets.FloatSlider(score_threshold, min=0.0, max=1.0, step=0.01,
                                 description="score ≥")
     mask = widgets.FloatSlider(mask_threshold, min=0.05, max=0.95, step=0.05,
@@ -123,15 +134,72 @@ def threshold_explorer(cache: PredictionCache, score_threshold: float = 0.5,
     classes = widgets.SelectMultiple(options=list(zip(names, range(len(names)))),
                                      value=tuple(range(len(names))), description="classes",
                                      rows=min(len(names), 6))
-    picture, caption = widgets.Image(format="png"), widgets.HTML()
+    picture, caption = widgets.Image(format="jpeg"), widgets.HTML()
 
     def redraw(_: Any = None) -> None:
-        rgb, count = draw_predictions(cache, image.value, score.value, mask.value,
-                                      classes.value)
-        picture.value = cv2.imencode(".png", rgb[..., ::-1])[1].tobytes()  # cv2 writes BGR
-        caption.value = f"{count} of {len(cache.predictions[image.value]['scores'])} detections"
+        kept = filter_predictions(cache.predictions[image.value], score.value, mask.value,
+                                  classes.value)
+        picture.value = view_image(cache, image.value, score.value, mask.value, classes.value)
+        caption.value = (f"{len(kept['scores'])} of "
+                         f"{len(cache.predictions[image.value]['scores'])} detections")
 
     for control in (image, score, mask, classes):
         control.observe(redraw, names="value")
     redraw()
     return widgets.HBox([picture, widgets.VBox([image, score, mask, classes, caption])])
+
+
+def mask_iou(masks1: np.ndarray, masks2: np.ndarray) -> np.ndarray:
+    """IoU of every pair of binary masks [n,H,W] x [m,H,W] -> [n,m] (0 where both are empty)."""
+    pixels = int(np.prod(masks1.shape[1:]))  # reshape(0, -1) cannot infer it when n or m = 0
+    a = masks1.reshape(len(masks1), pixels).astype(np.float32)  # [n, H*W]
+    b = masks2.reshape(len(masks2), pixels).astype(np.float32)  # [m, H*W]
+    inter = a @ b.T
+    union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
+    return inter / np.maximum(union, 1.0)
+
+
+def match_instances(predicted: Dict[str, np.ndarray], truth: Dict[str, np.ndarray],
+                    iou_threshold: float = 0.5) -> np.ndarray:
+    """[n] bool: True where a prediction (scores, labels, masks) is a true positive. COCO's
+    greedy rule: from the highest score down, each takes the unmatched object of its class
+    with the highest mask IoU, if that IoU >= `iou_threshold`."""
+    order = np.argsort(-np.asarray(predicted["scores"]), kind="stable")
+    iou = mask_iou(np.asarray(predicted["masks"]), np.asarray(truth["masks"]))  # [n, m]
+    same_class = (np.asarray(predicted["labels"]).reshape(-1, 1)
+                  == np.asarray(truth["labels"]).reshape(1, -1))
+    iou = np.where(same_class, iou, -1.0)
+    taken = np.zeros(iou.shape[1], bool)
+    hits = np.zeros(iou.shape[0], bool)
+    for i in order:
+        candidates = np.where(taken, -1.0, iou[i])
+        if candidates.size and candidates.max() >= iou_threshold:
+            taken[candidates.argmax()] = hits[i] = True
+    return hits
+
+
+def score_sweep(cache: PredictionCache, truths: Sequence[Dict[str, np.ndarray]],
+                thresholds: Sequence[float], mask_threshold: float = 0.5,
+                iou_threshold: float = 0.5) -> List[Dict[str, float]]:
+    """Per score threshold, over the cached images: the detections kept, how many are true
+    positives (`match_instances`), precision (NaN when none is kept), recall and F1. The
+    greedy matching goes by falling score, so one matching of all detections serves every
+    threshold."""
+    scores, hits, num_objects = [], [], 0
+    for prediction, truth in zip(cache.predictions, truths):
+        everything = filter_predictions(prediction, 0.0, mask_threshold)
+        scores.append(everything["scores"])
+        hits.append(match_instances(everything, truth, iou_threshold))
+        num_objects += len(truth["labels"])
+    scores, hits = np.concatenate(scores), np.concatenate(hits)
+    rows = []
+    for threshold in thresholds:
+        kept = scores >= threshold
+        found = int(hits[kept].sum())
+        precision = found / kept.sum() if kept.any() else float("nan")
+        recall = found / max(num_objects, 1)
+        f1 = 2 * precision * recall / (precision + recall) if found else 0.0
+        rows.append({"threshold": float(threshold), "kept": int(kept.sum()), "found": found,
+                     "objects": num_objects, "precision": precision, "recall": recall,
+                     "f1": f1})
+    return rows
