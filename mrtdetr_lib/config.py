@@ -56,14 +56,18 @@ class ModelConfig:
     mask_threshold: float = 0.5
 
 
+# The five loss and matching-cost terms (PaddleDetection's `loss_{term}` keys) and their default
+# weights: ppdet's Mask RT-DETR configs give `loss_coeff` and `matcher_coeff` these same numbers.
+TERMS = ("class", "bbox", "giou", "mask", "dice")
+COEFF: Dict[str, float] = {"class": 4, "bbox": 5, "giou": 2, "mask": 5, "dice": 5}
+
+
 @dataclass
 class LossConfig:
     """MaskDINOLoss and its HungarianMatcher (PaddleDetection's MaskDINOHead.loss)."""
 
-    loss_coeff: Dict[str, float] = field(
-        default_factory=lambda: {"class": 4, "bbox": 5, "giou": 2, "mask": 5, "dice": 5})
-    matcher_coeff: Dict[str, float] = field(
-        default_factory=lambda: {"class": 4, "bbox": 5, "giou": 2, "mask": 5, "dice": 5})
+    loss_coeff: Dict[str, float] = field(default_factory=lambda: dict(COEFF))
+    matcher_coeff: Dict[str, float] = field(default_factory=lambda: dict(COEFF))
     aux_loss: bool = True
     use_vfl: bool = True
     vfl_iou_type: str = "mask"  # "mask" or "bbox": the IoU that the varifocal target follows

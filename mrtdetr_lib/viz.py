@@ -16,6 +16,14 @@ PALETTE = np.array([[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40]
                     [188, 189, 34], [23, 190, 207]], np.float32)
 
 
+def boxes_to_pixels(boxes: Any, size: Sequence[int]) -> np.ndarray:
+    """Normalised cxcywh boxes [..., 4] -> x1, y1, x2, y2 in pixels of an image of size (h, w)."""
+    boxes = np.asarray(boxes, np.float32)
+    h, w = size
+    center, extent = boxes[..., :2] * [w, h], boxes[..., 2:] * [w, h]
+    return np.concatenate([center - extent / 2, center + extent / 2], -1)
+
+
 def draw_instances(image: np.ndarray, instances: Dict[str, Any],
                    class_names: Optional[Sequence[str]] = None, alpha: float = 0.45,
                    thickness: int = 2) -> np.ndarray:
@@ -59,9 +67,7 @@ def draw_sample(sample: Dict[str, Any], class_names: Optional[Sequence[str]] = N
         image = image / 255.0
     boxes = np.asarray(sample["gt_bbox"], np.float32).reshape(-1, 4)
     if normalized:
-        h, w = image.shape[:2]
-        center, size = boxes[:, :2] * [w, h], boxes[:, 2:] * [w, h]
-        boxes = np.concatenate([center - size / 2, center + size / 2], 1)
+        boxes = boxes_to_pixels(boxes, image.shape[:2])
     instances = {"boxes": boxes, "labels": np.asarray(sample["gt_class"]).reshape(-1),
                  "masks": sample.get("gt_segm")}
     return draw_instances(image, instances, class_names)

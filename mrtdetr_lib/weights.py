@@ -5,10 +5,11 @@ theirs. A `.pdparams` file is a pickle, and unpickling runs code; `pdparams_to_s
 converts one once, after which `load_pretrained` reads the safetensors file (plain arrays).
 """
 
+import math
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Union
+from typing import Dict, List, Mapping, NamedTuple, Sequence, Union
 
 import numpy as np
 import paddle
@@ -108,6 +109,21 @@ def compare(model_state: Dict[str, paddle.Tensor], loaded: Dict[str, np.ndarray]
     shapes = [(k, list(loaded[k].shape), list(t.shape)) for k, t in model_state.items()
               if k in loaded and list(loaded[k].shape) != list(t.shape)]
     return missing, unexpected, shapes
+
+
+def count_parameters(model_or_shapes: Union[paddle.nn.Layer, Mapping[str, Sequence[int]]],
+                     depth: int = 1) -> Dict[str, int]:
+    """Numbers of values of a model's state dict (BatchNorm statistics included, as in a
+    .pdparams file) or of {name: shape}: summed per name prefix of `depth` parts (depth 1:
+    a MaskRTDETR's backbone, neck and transformer), then "total" and "tensors"."""
+    shapes = model_or_shapes
+    if isinstance(shapes, paddle.nn.Layer):
+        shapes = {name: tensor.shape for name, tensor in shapes.state_dict().items()}
+    counts: Dict[str, int] = {}
+    for name, shape in shapes.items():
+        prefix = ".".join(name.split(".")[:depth])
+        counts[prefix] = counts.get(prefix, 0) + math.prod(int(dim) for dim in shape)
+    return {**counts, "total": sum(counts.values()), "tensors": len(shapes)}
 
 
 def load_pretrained(model: paddle.nn.Layer, path_or_url: str, strict: bool = True,

@@ -9,7 +9,6 @@ from conftest import reference_dir
 
 from mrtdetr_lib.course.walkthrough import (
     boxes_to_pixels,
-    count_parameters,
     draw_boxes,
     format_parameter_table,
     forward_intermediates,
@@ -77,13 +76,6 @@ def test_no_mask_enhancement_starts_from_the_proposal_boxes():
     model, inputs = _tiny_and_inputs(1, mask_enhanced=False)
     steps = forward_intermediates(model, inputs)
     np.testing.assert_array_equal(steps["ref_boxes"].numpy(), steps["enc_boxes"].numpy())
-
-
-def test_count_parameters_per_part():
-    counts = count_parameters({"backbone.a": [2, 3], "neck.b": [4], "transformer.c": []})
-    assert counts == {"backbone": 6, "neck": 4, "transformer": 1, "total": 11, "tensors": 3}
-    with pytest.raises(ValueError, match="head.x"):
-        count_parameters({"head.x": [1]})
 
 
 def test_bad_manifest_names_the_file(tmp_path):

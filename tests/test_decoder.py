@@ -106,12 +106,12 @@ def test_steps_compose_to_forward():
     assert memory.shape == [2, 16 * 20 + 8 * 10 + 4 * 5, 32] and shapes == [(16, 20), (8, 10),
                                                                               (4, 5)]
     output_memory, logits, boxes_unact = model.score_memory(memory, shapes)
-    index, target, _ = model.select_queries(output_memory, logits, boxes_unact)
+    index, content, _ = model.select_queries(output_memory, logits, boxes_unact)
     np.testing.assert_array_equal(index.numpy(),
                                   paddle.topk(logits.max(-1), 20, axis=1)[1].numpy())
-    _, enc_masks = model.predict(target, mask_feat)
+    _, enc_masks = model.predict(content, mask_feat)
     ref_unact = model.mask_enhanced_reference(enc_masks)
-    hidden, boxes = model.decoder(target, ref_unact, memory, shapes, model.bbox_head,
+    hidden, boxes = model.decoder(content, ref_unact, memory, shapes, model.bbox_head,
                                   model.query_pos_head)
     assert len(hidden) == len(boxes) == 3
     logits, masks = model.predict(hidden[-1], mask_feat)
@@ -141,16 +141,16 @@ def test_denoising_queries_do_not_leak_into_matching_queries():
     model.eval()
     enc, _ = _feats()
     memory, shapes = model.project_memory(enc)
-    target, ref_unact = paddle.randn([2, 20, 32]), paddle.randn([2, 20, 4])
+    content, ref_unact = paddle.randn([2, 20, 32]), paddle.randn([2, 20, 4])
     model.train()  # the denoising group is built in training only
-    dn_target, dn_ref, attn_mask, meta = model.denoising_group(_targets())
+    dn_content, dn_ref, attn_mask, meta = model.denoising_group(_targets())
     model.eval()
     additive = paddle.where(attn_mask, paddle.zeros(attn_mask.shape),
                             paddle.full(attn_mask.shape, float("-inf")))
-    hidden, boxes = model.decoder(paddle.concat([dn_target, target], 1),
+    hidden, boxes = model.decoder(paddle.concat([dn_content, content], 1),
                                   paddle.concat([dn_ref, ref_unact], 1), memory, shapes,
                                   model.bbox_head, model.query_pos_head, additive)
-    alone_hidden, alone_boxes = model.decoder(target, ref_unact, memory, shapes, model.bbox_head,
+    alone_hidden, alone_boxes = model.decoder(content, ref_unact, memory, shapes, model.bbox_head,
                                               model.query_pos_head)
     num_dn = meta["dn_num_split"][0]
     np.testing.assert_allclose(hidden[-1][:, num_dn:].numpy(), alone_hidden[-1].numpy(),

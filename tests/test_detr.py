@@ -185,10 +185,10 @@ def _run_steps(model, inputs):
     memory, shapes = t.project_memory(enc_feats)
     anchors, valid = t.anchors_for(shapes)
     output_memory, logits, boxes_unact = t.score_memory(memory, shapes)
-    index, target, ref_unact = t.select_queries(output_memory, logits, boxes_unact)
-    enc_logits, enc_masks = t.predict(target, mask_feat)
+    index, content, ref_unact = t.select_queries(output_memory, logits, boxes_unact)
+    enc_logits, enc_masks = t.predict(content, mask_feat)
     init_ref_unact = t.mask_enhanced_reference(enc_masks)
-    hidden, boxes = t.decoder(target, init_ref_unact, memory, shapes, t.bbox_head,
+    hidden, boxes = t.decoder(content, init_ref_unact, memory, shapes, t.bbox_head,
                               t.query_pos_head)
     pred_logits, pred_masks = t.predict(hidden[-1], mask_feat)
     post = model.post_process(boxes[-1], pred_logits, pred_masks, inputs["im_shape"],
@@ -196,8 +196,9 @@ def _run_steps(model, inputs):
     ours = dict(
         mask_feat=mask_feat, memory=memory, anchors=anchors, valid_mask=valid,
         output_memory=output_memory, enc_logits=logits, enc_bbox_head_out=boxes_unact - anchors,
-        index=index, target=target, enc_out_logits=enc_logits, enc_out_bboxes=F.sigmoid(ref_unact),
-        enc_out_mask_embed=t.mask_query_head(t.dec_norm(target)), enc_out_masks=enc_masks,
+        index=index, content=content, enc_out_logits=enc_logits,
+        enc_out_bboxes=F.sigmoid(ref_unact),
+        enc_out_mask_embed=t.mask_query_head(t.dec_norm(content)), enc_out_masks=enc_masks,
         init_ref_unact=init_ref_unact, hidden=paddle.stack(hidden, 1),  # [B, L, Q, D]
         bbox_head_out=paddle.stack([t.bbox_head(h) for h in hidden], 1), pred_logits=pred_logits,
         pred_boxes=boxes[-1], pred_mask_embed=t.mask_query_head(t.dec_norm(hidden[-1])),
@@ -259,7 +260,7 @@ def test_query_selection_parity(parity_run):
     # the top-k SET: adjacent scores inside it may be closer than float noise
     assert set(ours["index"].tolist()) == set(data["enc_topk_index"].tolist())
     order = _by_anchor(ours, data)
-    _close("dec_init_target", ours["target"][order], data["dec_init_target"], 1e-3, 1e-3)
+    _close("dec_init_target", ours["content"][order], data["dec_init_target"], 1e-3, 1e-3)
     _close("enc_out_logits", ours["enc_out_logits"][order], data["enc_out_logits"], 1e-3)
     _close("enc_out_bboxes", ours["enc_out_bboxes"][order], data["enc_out_bboxes"], 1e-4)
     _close("enc_out_mask_embed", ours["enc_out_mask_embed"][order], data["enc_out_mask_embed"],

@@ -6,10 +6,10 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 
+from mrtdetr_lib.engine import format_table
 from mrtdetr_lib.engine.evaluator import (
     COCOEvaluator,
     evaluate_predictor,
-    format_table,
     per_class_table,
     plot_pr_curves,
     summary,

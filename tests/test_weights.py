@@ -37,6 +37,16 @@ def test_registry_lists_every_size():
     assert W.OFFICIAL["l"].mask_ap == 45.7 and sorted(W.PRETRAINED_BACKBONES) == sorted(W.OFFICIAL)
 
 
+def test_count_parameters_per_part():
+    shapes = {"backbone.a": [2, 3], "neck.b": [4], "transformer.c": [], "transformer.d.e": [5]}
+    assert W.count_parameters(shapes) == {"backbone": 6, "neck": 4, "transformer": 6,
+                                          "total": 16, "tensors": 4}
+    assert W.count_parameters(shapes, depth=2)["transformer.d"] == 5
+    model = _tiny()
+    assert W.count_parameters(model)["total"] == sum(int(np.prod(p.shape))
+                                                     for p in model.parameters())
+
+
 def test_strict_load_from_a_path(tiny_file):
     paddle.seed(1)
     model = mrt.build_model("tiny")

@@ -13,8 +13,10 @@ import paddle
 from paddle import nn
 from scipy.optimize import linear_sum_assignment
 
+from ..config import TERMS
 from ..engine.log import Record, plot_log
-from ..loss.matcher import TERMS, HungarianMatcher, per_image
+from ..loss.matcher import HungarianMatcher, per_image
+from ..weights import count_parameters
 
 
 @paddle.no_grad()
@@ -45,12 +47,12 @@ def cost_matrices(matcher: HungarianMatcher, boxes: paddle.Tensor, logits: paddl
 def lr_multipliers(model: nn.Layer, depth: int = 3) -> List[Tuple[str, str, int]]:
     """Parameters grouped by the first `depth` parts of their names and their ParamAttr lr
     multiplier ("frozen" when not trained): rows (prefix, multiplier, number of weights)."""
-    rows: Dict[Tuple[str, str], int] = {}
+    groups: Dict[Tuple[str, str], Dict[str, List[int]]] = {}
     for name, p in model.named_parameters():
         mult = "frozen" if p.stop_gradient else f"{p.optimize_attr['learning_rate']:g}"
-        key = (".".join(name.split(".")[:depth]), mult)
-        rows[key] = rows.get(key, 0) + int(np.prod(p.shape))
-    return [(prefix, mult, count) for (prefix, mult), count in rows.items()]
+        groups.setdefault((".".join(name.split(".")[:depth]), mult), {})[name] = p.shape
+    return [(prefix, mult, count_parameters(shapes)["total"])
+            for (prefix, mult), shapes in groups.items()]
 
 
 def global_grad_norm(model: nn.Layer) -> float:

@@ -19,7 +19,9 @@ import paddle
 import paddle.nn.functional as F
 
 from ..model.detr import build_model
-from ..viz import PALETTE
+from ..tables import format_table
+from ..viz import PALETTE, boxes_to_pixels  # noqa: F401 (chapter 02 imports it from here)
+from ..weights import count_parameters
 
 PARTS = ("backbone", "neck", "transformer")
 Array = Union[np.ndarray, paddle.Tensor]
@@ -33,14 +35,6 @@ def heatmap(values: Array, size: Sequence[int]) -> np.ndarray:
     grey = ((values - values.min()) / span * 255).astype(np.uint8)
     grey = cv2.resize(grey, (int(size[1]), int(size[0])), interpolation=cv2.INTER_NEAREST)
     return cv2.cvtColor(cv2.applyColorMap(grey, cv2.COLORMAP_VIRIDIS), cv2.COLOR_BGR2RGB)
-
-
-def boxes_to_pixels(boxes: Array, size: Sequence[int]) -> np.ndarray:
-    """Normalised cxcywh boxes [..., 4] -> x1, y1, x2, y2 in pixels of an image of size (h, w)."""
-    boxes = np.asarray(boxes, np.float32)
-    h, w = size
-    center, extent = boxes[..., :2] * [w, h], boxes[..., 2:] * [w, h]
-    return np.concatenate([center - extent / 2, center + extent / 2], -1)
 
 
 def draw_boxes(image: np.ndarray, boxes_xyxy: Array, thickness: int = 1,
@@ -71,23 +65,6 @@ def default_reference_dir() -> Path:
     next to the repository (as the tests look for it)."""
     root = Path(__file__).resolve().parents[2]
     return Path(os.environ.get("MRTDETR_REFERENCE_DIR", root.parent / "shared" / "reference"))
-
-
-def count_parameters(shapes: Dict[str, Sequence[int]]) -> Dict[str, int]:
-    """{name: shape} -> numbers of values per part (backbone/neck/transformer), "total" and
-    "tensors" (BatchNorm running statistics included, as in a .pdparams file)."""
-    counts = dict.fromkeys((*PARTS, "total", "tensors"), 0)
-    for name, shape in shapes.items():
-        numel = 1
-        for dim in shape:
-            numel *= int(dim)
-        part = name.split(".", 1)[0]
-        if part not in PARTS:
-            raise ValueError(f"parameter {name!r} belongs to none of {PARTS}")
-        counts[part] += numel
-        counts["total"] += numel
-        counts["tensors"] += 1
-    return counts
 
 
 def model_shapes(model: paddle.nn.Layer) -> Dict[str, List[int]]:
@@ -124,20 +101,19 @@ def parameter_table(archs: Sequence[str] = ("s", "m", "l", "x", "h"),
 
 def format_parameter_table(rows: List[Dict[str, Any]]) -> str:
     """parameter_table rows as a fixed-width text table, millions of values per part."""
-    lines = [f"{'size':<5}{'source':<10}" + "".join(f"{p:>13}" for p in (*PARTS, "total"))
-             + f"{'tensors':>9}  keys+shapes"]
+    same = {True: "equal", False: "DIFFER", None: "-"}
+    columns = ("size source", *PARTS, "total", "tensors", "keys+shapes")
+    lines = []
     for row in rows:
         for source in ("manifest", "model"):
             counts = row[source]
             if counts is None:
-                lines.append(f"{row['arch']:<5}{source:<10}  (no manifest found)")
-                continue
-            same = "" if source == "manifest" else {True: "equal", False: "DIFFER",
-                                                     None: "-"}[row["same_keys"]]
-            lines.append(f"{row['arch']:<5}{source:<10}"
-                         + "".join(f"{counts[p] / 1e6:>12.3f}M" for p in (*PARTS, "total"))
-                         + f"{counts['tensors']:>9}  {same}")
-    return "\n".join(lines)
+                values = ["-"] * 5 + ["no manifest found"]
+            else:
+                values = [f"{counts.get(part, 0) / 1e6:.3f}M" for part in (*PARTS, "total")]
+                values += [counts["tensors"], same[row["same_keys"]] if source == "model" else ""]
+            lines.append(dict(zip(columns, [f"{row['arch']} {source}", *values])))
+    return format_table(lines)
 
 
 def _capture(layers: Dict[str, paddle.nn.Layer], store: Dict[str, Any]) -> list:
@@ -175,15 +151,15 @@ def _decoder_stage(model: paddle.nn.Layer, out: Dict[str, Any],
     memory, spatial_shapes = tr.project_memory(out["neck"])
     anchors, valid_mask = tr.anchors_for(spatial_shapes)
     output_memory, logits, boxes_unact = tr.score_memory(memory, spatial_shapes)
-    index, target, ref_unact = tr.select_queries(output_memory, logits, boxes_unact)
+    index, content, ref_unact = tr.select_queries(output_memory, logits, boxes_unact)
     out.update(spatial_shapes=spatial_shapes, anchors=F.sigmoid(anchors), valid_mask=valid_mask,
                token_scores=F.sigmoid(logits.max(-1)), token_boxes=F.sigmoid(boxes_unact),
                topk_index=index, enc_boxes=F.sigmoid(ref_unact))
-    out["enc_logits"], out["enc_masks"] = tr.predict(target, mask_feat)
+    out["enc_logits"], out["enc_masks"] = tr.predict(content, mask_feat)
     if tr.mask_enhanced:  # the decoder starts from the boxes around the proposals' masks
         ref_unact = tr.mask_enhanced_reference(out["enc_masks"])
     out["ref_boxes"] = F.sigmoid(ref_unact)
-    hidden, boxes = tr.decoder(target, ref_unact, memory, spatial_shapes, tr.bbox_head,
+    hidden, boxes = tr.decoder(content, ref_unact, memory, spatial_shapes, tr.bbox_head,
                                tr.query_pos_head)
     preds = [tr.predict(h, mask_feat) for h in hidden]
     out.update(dec_boxes=boxes, dec_logits=[p[0] for p in preds], dec_masks=preds[-1][1])

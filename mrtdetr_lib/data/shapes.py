@@ -9,6 +9,7 @@ Deterministic from a seed: image i of a split depends only on (seed, split, i).
 
 import json
 import os
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import cv2
@@ -16,6 +17,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 
 from ..config import quick_mode
+from ..files import atomic_write
 from .coco import mask_to_rle
 
 CLASSES = ("circle", "square", "triangle", "star")
@@ -162,7 +164,6 @@ def make_shapes(out_dir: str = "dataset/shapes", num_train: Optional[int] = None
         data = {"info": {"description": "mrtdetr synthetic shapes", "params": params},
                 "images": images, "annotations": annotations, "categories": categories}
         path = os.path.join(out_dir, f"instances_{split}.json")
-        with open(path + ".tmp", "w") as f:  # json last and atomically: a partial run is redone
-            json.dump(data, f)
-        os.replace(path + ".tmp", path)
+        # json last and atomically: a partial run is redone
+        atomic_write(path, lambda tmp, data=data: Path(tmp).write_text(json.dumps(data)))
     return True

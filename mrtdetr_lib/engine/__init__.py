@@ -1,11 +1,11 @@
 """Training and evaluation: `Trainer` (optimiser, schedule, EMA, AMP, checkpoints, multi-process)
 and the COCO evaluator (`evaluate` for a library model, `evaluate_predictor` for any callable)."""
 
+from ..tables import format_table
 from .evaluator import (
                         COCOEvaluator,
                         evaluate,
                         evaluate_predictor,
-                        format_table,
                         per_class_table,
                         plot_pr_curves,
                         summary,

@@ -2,11 +2,10 @@
 
 PaddleDetection saves `.pdparams` (EMA weights), `.pdema` and `.pdopt` side by side with plain
 `paddle.save` (`ppdet/utils/checkpoint.py`); a kill during the write leaves a broken file. Here
-every file is written to a temporary name and renamed over the old one (`os.replace` is atomic),
+every file is written to a temporary name and renamed over the old one (`files.atomic_write`),
 so the last good checkpoint survives any interruption.
 """
 
-import os
 import random
 import re
 from typing import Any, Dict
@@ -14,6 +13,8 @@ from typing import Any, Dict
 import numpy as np
 import paddle
 from paddle import nn
+
+from ..files import atomic_write
 
 # AdamW accumulators are saved under "<param.name>_<accumulator>_0"; param.name ("linear_12.w_0")
 # depends on how many layers the process built before, so we store structured names instead.
@@ -23,16 +24,7 @@ _ACCUMULATOR = re.compile(r"^(?P<param>.+)_(?P<acc>moment1|moment2|moment2_max|b
 
 def atomic_save(obj: Any, path: str) -> None:
     """paddle.save to `path.tmp`, fsync, then rename over `path`: never a half-written file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"  # one writer per path (rank 0); a stale one from a kill is overwritten
-    try:
-        paddle.save(obj, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())  # on disk before the rename makes it the checkpoint
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda tmp: paddle.save(obj, tmp))
 
 
 def rng_state() -> Dict[str, Any]:

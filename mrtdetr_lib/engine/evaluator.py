@@ -14,11 +14,10 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Unio
 
 import numpy as np
 import paddle
-import pycocotools.mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from ..data import LoaderWithErrors
+from ..data import LoaderWithErrors, load_coco, mask_to_rle
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl",
               "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -45,11 +44,7 @@ def to_coco_results(outputs: Dict[str, Any], im_ids: Sequence[int],
                       "score": score}
             results["bbox"].append({**common, "bbox": [x1, y1, x2 - x1, y2 - y1]})
             if masks is not None:
-                # pycocotools wants a Fortran-ordered uint8 [H,W,1] array
-                rle = mask_util.encode(np.asfortranarray(masks[row, :, :, None], np.uint8))[0]
-                rle = {"size": [int(v) for v in rle["size"]],
-                       "counts": rle["counts"].decode("utf-8")}
-                results["mask"].append({**common, "segmentation": rle})
+                results["mask"].append({**common, "segmentation": mask_to_rle(masks[row])})
         start += int(count)
     return results
 
@@ -59,13 +54,9 @@ class COCOEvaluator:
 
     def __init__(self, coco_gt: Union[COCO, str], cat_ids: Optional[Sequence[int]] = None,
                  iou_types: Iterable[str] = ("bbox", "mask")):
-        if isinstance(coco_gt, str):
-            if not os.path.isfile(coco_gt):
-                raise FileNotFoundError(f"annotation file not found: {coco_gt}")
-            with contextlib.redirect_stdout(io.StringIO()):  # COCO() prints progress
-                coco_gt = COCO(coco_gt)
-        self.coco_gt = coco_gt
-        self.cat_ids = list(cat_ids) if cat_ids is not None else sorted(coco_gt.getCatIds())
+        self.coco_gt = load_coco(coco_gt) if isinstance(coco_gt, str) else coco_gt
+        self.cat_ids = (list(cat_ids) if cat_ids is not None
+                        else sorted(self.coco_gt.getCatIds()))
         self.iou_types = tuple(iou_types)
         self.results: Dict[str, List[dict]] = {key: [] for key in self.iou_types}
         self.image_ids: set = set()  # only these are scored (a subset: max_images, quick runs)
@@ -184,18 +175,6 @@ def per_class_table(metrics: Dict[str, dict]) -> List[Dict[str, Any]]:
             row[f"{key}_AP50"] = _mean_valid(precision[0, :, k])  # thresholds 0.50, 0.55, ...
             row[f"{key}_AP75"] = _mean_valid(precision[5, :, k])
     return rows
-
-
-def format_table(rows: Sequence[Dict[str, Any]], digits: int = 3) -> str:
-    """Rows of equal keys as a fixed-width text table (numbers rounded to `digits`)."""
-    columns = list(rows[0])
-    cells = [[f"{v:.{digits}f}" if isinstance(v, float) else str(v) for v in row.values()]
-             for row in rows]
-    widths = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(columns)]
-    lines = [columns] + cells
-    return "\n".join("  ".join(cell.rjust(w) if i else cell.ljust(w)
-                               for i, (cell, w) in enumerate(zip(line, widths)))
-                     for line in lines)
 
 
 def plot_pr_curves(result: dict, iou: float = 0.5, ax: Any = None) -> Any:

@@ -6,7 +6,10 @@ and numbers (`loss`, the loss terms, `lr`; `bbox_AP`, `mask_AP`, ... for eval).
 
 import json
 import os
+from pathlib import Path
 from typing import Any, Dict, Iterable, List, Union
+
+from ..files import atomic_write
 
 Record = Dict[str, Any]
 
@@ -28,10 +31,8 @@ class JsonLinesLog:
         if not os.path.exists(self.path):
             return
         kept = [r for r in read_log(self.path) if r.get("step", 0) <= step] if step else []
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in kept)
-        os.replace(tmp, self.path)
+        text = "".join(json.dumps(r) + "\n" for r in kept)
+        atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
 
 
 def read_log(path: str) -> List[Record]:
@@ -81,7 +82,5 @@ def save_curves(log_path: str, image_path: str, smooth: int = 10) -> str:
     figure = Figure(figsize=(10, 3.5))
     plot_log(log_path, figure.subplots(1, 2), smooth)
     figure.tight_layout()
-    tmp = image_path + ".tmp.png"  # written aside, then renamed: a reader never sees half a PNG
-    figure.savefig(tmp, dpi=100)
-    os.replace(tmp, image_path)
-    return image_path
+    # written aside, then renamed: a reader never sees half a PNG
+    return atomic_write(image_path, lambda tmp: figure.savefig(tmp, dpi=100, format="png"))

@@ -24,6 +24,7 @@ from typing import Dict, List, Optional, Union
 
 import numpy as np
 
+from ..files import atomic_write
 from .paddle import OUTPUTS
 
 PathLike = Union[str, Path]
@@ -184,11 +185,10 @@ def build_trt_engine(onnx_path: PathLike, fp16: bool = True, workspace_gb: float
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise RuntimeError(f"TensorRT could not build an engine from {onnx_path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_suffix(".json").write_text(json.dumps(settings, indent=1))
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(bytes(serialized))
-    tmp.replace(path)  # atomic: a half-written engine is never picked up
+    sidecar = json.dumps(settings, indent=1)
+    atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(sidecar))
+    # the engine last, atomically: a half-written engine is never picked up
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(bytes(serialized)))
     return path
 
 

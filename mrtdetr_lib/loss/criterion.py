@@ -19,11 +19,9 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from ..config import LossConfig
+from ..config import COEFF, TERMS, LossConfig
 from ..model.box_ops import box_cxcywh_to_xyxy, box_iou, generalized_box_iou
 from .matcher import HungarianMatcher, MatchIndices
-
-TERMS = ("class", "bbox", "giou", "mask", "dice")
 
 
 def varifocal_loss(logits: paddle.Tensor, target_score: paddle.Tensor, one_hot: paddle.Tensor,
@@ -90,7 +88,7 @@ class MaskDINOLoss(nn.Layer):
         assert vfl_iou_type in ("mask", "bbox"), vfl_iou_type
         self.num_classes = num_classes
         self.matcher = matcher or HungarianMatcher()
-        self.loss_coeff = loss_coeff or {"class": 4, "bbox": 5, "giou": 2, "mask": 5, "dice": 5}
+        self.loss_coeff = loss_coeff or dict(COEFF)
         self.aux_loss, self.use_vfl, self.vfl_iou_type = aux_loss, use_vfl, vfl_iou_type
         self.num_sample_points = num_sample_points
         self.num_oversample_points = int(num_sample_points * oversample_ratio)
@@ -99,17 +97,17 @@ class MaskDINOLoss(nn.Layer):
     def forward(self, outputs: Dict[str, Any], inputs: Dict[str, Any]) -> Dict[str, paddle.Tensor]:
         """outputs: the model's train-mode dict; inputs: per-image gt_class [n, 1], gt_bbox
         [n, 4] (cxcywh 0..1), gt_segm [n, H, W] -> {loss_<term>[_aux][_dn]: [], loss: []}."""
-        targets = {"gt_class": inputs["gt_class"], "gt_bbox": inputs["gt_bbox"],
-                   "gt_mask": [m.astype(outputs["masks"].dtype) for m in inputs["gt_segm"]]}
-        num_gts = self._num_gts(targets["gt_class"])
+        dtype = outputs["masks"].dtype  # the masks as floats (gt_mask), once for every set
+        inputs = {**inputs, "gt_mask": [m.astype(dtype) for m in inputs["gt_segm"]]}
+        num_gts = self._num_gts(inputs["gt_class"])
         losses = self._prediction_set_losses(outputs["boxes"], outputs["logits"],
-                                             outputs["masks"], targets, num_gts)
+                                             outputs["masks"], inputs, num_gts)
         dn_meta = outputs.get("dn_meta")
         if dn_meta is not None:
-            indices = dn_match_indices(targets["gt_class"], dn_meta["dn_positive_idx"],
+            indices = dn_match_indices(inputs["gt_class"], dn_meta["dn_positive_idx"],
                                        dn_meta["dn_num_group"])
             losses.update(self._prediction_set_losses(
-                outputs["dn_boxes"], outputs["dn_logits"], outputs["dn_masks"], targets,
+                outputs["dn_boxes"], outputs["dn_logits"], outputs["dn_masks"], inputs,
                 num_gts * dn_meta["dn_num_group"], postfix="_dn", indices=indices))
         else:
             losses.update({k + "_dn": paddle.zeros([]) for k in list(losses)})
@@ -126,7 +124,7 @@ class MaskDINOLoss(nn.Layer):
             num = num / world
         return num.clip(min=1.0)
 
-    def _prediction_set_losses(self, boxes, logits, masks, targets, num_gts, postfix="",
+    def _prediction_set_losses(self, boxes, logits, masks, inputs, num_gts, postfix="",
                                indices: Optional[MatchIndices] = None) -> Dict[str, paddle.Tensor]:
         """Losses of the last layer plus the sum over the earlier predictions (`_aux`).
 
@@ -134,40 +132,40 @@ class MaskDINOLoss(nn.Layer):
         matching (denoising), otherwise every prediction set is matched on its own.
         """
         iou_type = self.vfl_iou_type
-        losses = self._losses(boxes[-1], logits[-1], masks[-1], targets, num_gts, postfix,
+        losses = self._losses(boxes[-1], logits[-1], masks[-1], inputs, num_gts, postfix,
                               indices, iou_type)
         if not self.aux_loss:
             return losses
-        aux = [self._losses(boxes[i], logits[i], masks[i], targets, num_gts, postfix, indices,
+        aux = [self._losses(boxes[i], logits[i], masks[i], inputs, num_gts, postfix, indices,
                             "bbox") for i in range(len(boxes) - 1)]
         for term in TERMS:
             terms = [a[f"loss_{term}{postfix}"] for a in aux]
             losses[f"loss_{term}_aux{postfix}"] = paddle.add_n(terms) if terms else paddle.zeros([])
         return losses
 
-    def _losses(self, boxes, logits, masks, targets, num_gts, postfix, indices,
+    def _losses(self, boxes, logits, masks, inputs, num_gts, postfix, indices,
                 iou_type) -> Dict[str, paddle.Tensor]:
         """The five terms of one prediction set: boxes [B, Q, 4], logits [B, Q, K], masks."""
         if indices is None:
-            indices = self.matcher(boxes, logits, masks, targets["gt_bbox"],
-                                   targets["gt_class"], targets["gt_mask"])
-        has_gts = sum(len(c) for c in targets["gt_class"]) > 0
+            indices = self.matcher(boxes, logits, masks, inputs["gt_bbox"],
+                                   inputs["gt_class"], inputs["gt_mask"])
+        has_gts = sum(len(c) for c in inputs["gt_class"]) > 0
         iou = None
         if self.use_vfl and has_gts:  # the IoU is a target: no gradient through it
             if iou_type == "mask":
                 iou = mask_iou(gather_matched(masks.detach(), indices, 0),
-                               gather_matched(targets["gt_mask"], indices, 1))
+                               gather_matched(inputs["gt_mask"], indices, 1))
             else:
                 iou = box_iou(box_cxcywh_to_xyxy(gather_matched(boxes.detach(), indices, 0)),
-                              box_cxcywh_to_xyxy(gather_matched(targets["gt_bbox"], indices, 1)))
-        losses = {f"loss_class{postfix}": self._class_loss(logits, targets["gt_class"], indices,
+                              box_cxcywh_to_xyxy(gather_matched(inputs["gt_bbox"], indices, 1)))
+        losses = {f"loss_class{postfix}": self._class_loss(logits, inputs["gt_class"], indices,
                                                           num_gts, iou)}
         zero = paddle.zeros([])
         for term in ("bbox", "giou", "mask", "dice"):
             losses[f"loss_{term}{postfix}"] = zero
         if has_gts:
-            box_terms = self._box_losses(boxes, targets["gt_bbox"], indices, num_gts)
-            mask_terms = self._mask_losses(masks, targets["gt_mask"], indices, num_gts)
+            box_terms = self._box_losses(boxes, inputs["gt_bbox"], indices, num_gts)
+            mask_terms = self._mask_losses(masks, inputs["gt_mask"], indices, num_gts)
             for term, value in {**box_terms, **mask_terms}.items():
                 losses[f"loss_{term}{postfix}"] = value
         return losses

@@ -7,7 +7,7 @@ binary cross-entropy and dice on masks sampled at shared random points.
 Mirrors `ppdet/modeling/transformers/matchers.py`.
 """
 
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import paddle
@@ -15,9 +15,9 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
+from ..config import COEFF
 from ..model.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
 
-TERMS = ("class", "bbox", "giou", "mask", "dice")
 MatchIndices = List[Tuple[paddle.Tensor, paddle.Tensor]]  # per image: (query idx, gt idx)
 
 
@@ -56,11 +56,10 @@ def point_mask_costs(mask_logits: paddle.Tensor, gt_masks: paddle.Tensor,
 class HungarianMatcher(nn.Layer):
     """Minimum-cost matching of B images' Q predictions to their ground truth (no weights)."""
 
-    def __init__(self, matcher_coeff: Dict[str, float] = None, num_sample_points: int = 12544,
-                 alpha: float = 0.25, gamma: float = 2.0):
+    def __init__(self, matcher_coeff: Optional[Dict[str, float]] = None,
+                 num_sample_points: int = 12544, alpha: float = 0.25, gamma: float = 2.0):
         super().__init__()
-        self.matcher_coeff = matcher_coeff or {"class": 4, "bbox": 5, "giou": 2, "mask": 5,
-                                               "dice": 5}
+        self.matcher_coeff = matcher_coeff or dict(COEFF)
         self.num_sample_points = num_sample_points
         self.alpha, self.gamma = alpha, gamma
 

@@ -72,17 +72,20 @@ class TransformerDecoderLayer(nn.Layer):
             linear_init_(linear)
             xavier_uniform_(linear.weight)
 
-    def forward(self, tgt: paddle.Tensor, reference_boxes: paddle.Tensor, memory: paddle.Tensor,
-                spatial_shapes: Shapes, attn_mask: Optional[paddle.Tensor] = None,
+    def forward(self, content: paddle.Tensor, reference_boxes: paddle.Tensor,
+                memory: paddle.Tensor, spatial_shapes: Shapes,
+                attn_mask: Optional[paddle.Tensor] = None,
                 query_pos_embed: Optional[paddle.Tensor] = None) -> paddle.Tensor:
-        """tgt [B, Q, D], reference_boxes [B, Q, 4] (0..1), memory [B, S, D], attn_mask
-        additive [Q, Q] or None, query_pos_embed [B, Q, D] -> [B, Q, D]."""
-        q = k = tgt + query_pos_embed  # position goes into queries/keys, not values
-        tgt = self.norm1(tgt + self.dropout(self.self_attn(q, k, tgt, attn_mask=attn_mask)))
-        cross = self.cross_attn(tgt + query_pos_embed, reference_boxes, memory, spatial_shapes)
-        tgt = self.norm2(tgt + self.dropout(cross))
-        ffn = self.linear2(self.dropout(self.activation(self.linear1(tgt))))
-        return self.norm3(tgt + self.dropout(ffn))
+        """content [B, Q, D] (ppdet: `tgt`), reference_boxes [B, Q, 4] (0..1), memory [B, S, D],
+        attn_mask additive [Q, Q] or None, query_pos_embed [B, Q, D] -> [B, Q, D]."""
+        q = k = content + query_pos_embed  # position goes into queries/keys, not values
+        attended = self.self_attn(q, k, content, attn_mask=attn_mask)
+        content = self.norm1(content + self.dropout(attended))
+        cross = self.cross_attn(content + query_pos_embed, reference_boxes, memory,
+                                spatial_shapes)
+        content = self.norm2(content + self.dropout(cross))
+        ffn = self.linear2(self.dropout(self.activation(self.linear1(content))))
+        return self.norm3(content + self.dropout(ffn))
 
 
 class MaskTransformerDecoder(nn.Layer):
@@ -93,17 +96,17 @@ class MaskTransformerDecoder(nn.Layer):
         self.layers = nn.LayerList(TransformerDecoderLayer(**layer_kw) for _ in range(num_layers))
         self.eval_idx = eval_idx if eval_idx >= 0 else num_layers + eval_idx
 
-    def forward(self, target: paddle.Tensor, ref_unact: paddle.Tensor, memory: paddle.Tensor,
+    def forward(self, content: paddle.Tensor, ref_unact: paddle.Tensor, memory: paddle.Tensor,
                 spatial_shapes: Shapes, bbox_head: nn.Layer, query_pos_head: nn.Layer,
                 attn_mask: Optional[paddle.Tensor] = None
                 ) -> Tuple[List[paddle.Tensor], List[paddle.Tensor]]:
-        """target [B, Q, D], ref_unact [B, Q, 4] -> per run layer: hidden [B, Q, D] and
+        """content [B, Q, D], ref_unact [B, Q, 4] -> per run layer: hidden [B, Q, D] and
         boxes [B, Q, 4] (sigmoid cxcywh, the refined reference after that layer)."""
         num_layers = len(self.layers) if self.training else self.eval_idx + 1
         hidden, boxes = [], []
         ref = F.sigmoid(ref_unact)  # the reference the layer samples around (no gradient)
         prev = ref  # the previous layer's box with its gradient (training)
-        output = target
+        output = content
         for layer in self.layers[:num_layers]:
             output = layer(output, ref, memory, spatial_shapes, attn_mask, query_pos_head(ref))
             delta = bbox_head(output)  # a refinement in inverse-sigmoid space
@@ -219,8 +222,8 @@ class MaskRTDETRTransformer(nn.Layer):
     def select_queries(self, output_memory: paddle.Tensor, logits: paddle.Tensor,
                        boxes_unact: paddle.Tensor
                        ) -> Tuple[paddle.Tensor, paddle.Tensor, paddle.Tensor]:
-        """Top num_queries tokens by best class logit -> (index [B, Q] into S, target
-        [B, Q, D] content queries, ref_unact [B, Q, 4] their box logits)."""
+        """Top num_queries tokens by best class logit -> (index [B, Q] into S, content
+        [B, Q, D] the queries' content, ref_unact [B, Q, 4] their box logits)."""
         _, index = paddle.topk(logits.max(-1), self.num_queries, axis=1)
         batch = paddle.arange(output_memory.shape[0]).astype(index.dtype)
         batch_index = paddle.stack([batch.unsqueeze(-1).expand_as(index), index], -1)  # [B,Q,2]
@@ -242,18 +245,19 @@ class MaskRTDETRTransformer(nn.Layer):
         boxes = mask_to_box_coordinate(masks > 0, normalize=True, format="xywh")
         return inverse_sigmoid(boxes)
 
-    def denoising_group(self, gt_meta: Optional[dict]):
+    def denoising_group(self, inputs: Optional[dict]):
         """Training only: (queries [B, Qdn, D], boxes_unact [B, Qdn, 4], attn_mask, dn_meta)."""
-        if not self.training or gt_meta is None:
+        if not self.training or inputs is None:
             return None, None, None, None
         return get_denoising_training_group(
-            gt_meta, self.num_classes, self.num_queries, self.denoising_class_embed.weight,
+            inputs, self.num_classes, self.num_queries, self.denoising_class_embed.weight,
             self.num_denoising, self.label_noise_ratio, self.box_noise_scale)
 
     # ------------------------------------------------------------------ forward
     def forward(self, feats: Tuple[List[paddle.Tensor], paddle.Tensor],
-                gt_meta: Optional[dict] = None) -> Dict[str, Optional[paddle.Tensor]]:
-        """(3 maps [B, C_l, h, w], prototypes [B, M, H/4, W/4]), targets (training) -> dict:
+                inputs: Optional[dict] = None) -> Dict[str, Optional[paddle.Tensor]]:
+        """(3 maps [B, C_l, h, w], prototypes [B, M, H/4, W/4]), the batch `inputs` (training:
+        its gt_class and gt_bbox make the denoising queries) -> dict:
 
         dec_logits [L', B, Qt, K], dec_boxes [L', B, Qt, 4], dec_masks [L', B, Qt, H/4, W/4]:
             per decoder layer (training: all L; eval: only layer eval_idx, L' = 1);
@@ -265,24 +269,24 @@ class MaskRTDETRTransformer(nn.Layer):
         enc_feats, mask_feat = feats
         memory, spatial_shapes = self.project_memory(enc_feats)
         output_memory, logits, boxes_unact = self.score_memory(memory, spatial_shapes)
-        _, target, ref_unact = self.select_queries(output_memory, logits, boxes_unact)
+        _, content, ref_unact = self.select_queries(output_memory, logits, boxes_unact)
         out = {"enc_boxes": F.sigmoid(ref_unact)}
-        out["enc_logits"], out["enc_masks"] = self.predict(target, mask_feat)
+        out["enc_logits"], out["enc_masks"] = self.predict(content, mask_feat)
         if self.mask_enhanced:
             ref_unact = self.mask_enhanced_reference(out["enc_masks"])
-        target = target.detach()  # the decoder starts from the proposals, not through them
+        content = content.detach()  # the decoder starts from the proposals, not through them
 
-        dn_target, dn_ref_unact, attn_mask, dn_meta = self.denoising_group(gt_meta)
+        dn_content, dn_ref_unact, attn_mask, dn_meta = self.denoising_group(inputs)
         out.update(init_logits=None, init_boxes=None, init_masks=None, dn_meta=dn_meta)
         if dn_meta is not None:  # denoising queries go first
-            target = paddle.concat([dn_target, target], 1)
+            content = paddle.concat([dn_content, content], 1)
             ref_unact = paddle.concat([dn_ref_unact, ref_unact], 1)
             out["init_boxes"] = F.sigmoid(ref_unact)
-            out["init_logits"], out["init_masks"] = self.predict(target, mask_feat)
+            out["init_logits"], out["init_masks"] = self.predict(content, mask_feat)
             attn_mask = paddle.where(attn_mask, paddle.zeros(attn_mask.shape),
                                      paddle.full(attn_mask.shape, float("-inf")))
 
-        hidden, boxes = self.decoder(target, ref_unact.detach(), memory, spatial_shapes,
+        hidden, boxes = self.decoder(content, ref_unact.detach(), memory, spatial_shapes,
                                      self.bbox_head, self.query_pos_head, attn_mask)
         if not self.training:
             hidden = hidden[-1:]  # eval predicts only the eval_idx layer

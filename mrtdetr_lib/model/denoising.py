@@ -15,9 +15,9 @@ import paddle
 from .box_ops import inverse_sigmoid
 
 
-def _pad_targets(gt_class: List[paddle.Tensor], gt_bbox: List[paddle.Tensor], max_gt: int,
-                 num_classes: int) -> Tuple[paddle.Tensor, paddle.Tensor, paddle.Tensor]:
-    """Per-image targets padded to max_gt -> class [B, max_gt] (pad = num_classes, the 'no
+def _pad_ground_truth(gt_class: List[paddle.Tensor], gt_bbox: List[paddle.Tensor], max_gt: int,
+                      num_classes: int) -> Tuple[paddle.Tensor, paddle.Tensor, paddle.Tensor]:
+    """Per-image ground truth padded to max_gt -> class [B, max_gt] (pad = num_classes, the 'no
     object' row), boxes [B, max_gt, 4] (pad = 0), pad mask [B, max_gt] (1 = real object)."""
     classes, boxes, real = [], [], []
     for cls, box in zip(gt_class, gt_bbox):
@@ -43,25 +43,26 @@ def denoising_attn_mask(max_gt: int, num_group: int, num_queries: int) -> paddle
 
 
 def get_denoising_training_group(
-        targets: Dict[str, List[paddle.Tensor]], num_classes: int, num_queries: int,
+        inputs: Dict[str, List[paddle.Tensor]], num_classes: int, num_queries: int,
         class_embed: paddle.Tensor, num_denoising: int = 100, label_noise_ratio: float = 0.5,
         box_noise_scale: float = 1.0
 ) -> Tuple[Optional[paddle.Tensor], Optional[paddle.Tensor], Optional[paddle.Tensor],
            Optional[dict]]:
-    """Build the denoising queries for a batch of targets (`gt_class` [n_i, 1] ints, `gt_bbox`
-    [n_i, 4] cxcywh per image). class_embed [K, D] -> (queries [B, Qdn, D], boxes_unact
-    [B, Qdn, 4], attn_mask [Qdn + Q, Qdn + Q] bool True = attend, dn_meta), or four Nones
-    when there is no denoising (num_denoising <= 0 or no object in the batch)."""
+    """Build the denoising queries from a batch's ground truth (`inputs` with, per image,
+    `gt_class` [n_i, 1] ints and `gt_bbox` [n_i, 4] cxcywh). class_embed [K, D] -> (queries
+    [B, Qdn, D], boxes_unact [B, Qdn, 4], attn_mask [Qdn + Q, Qdn + Q] bool True = attend,
+    dn_meta), or four Nones when there is no denoising (num_denoising <= 0 or no object in the
+    batch)."""
     if num_denoising <= 0:
         return None, None, None, None
-    num_gts = [int(c.shape[0]) for c in targets["gt_class"]]
+    num_gts = [int(c.shape[0]) for c in inputs["gt_class"]]
     max_gt = max(num_gts)
     if max_gt == 0:
         return None, None, None, None
     num_group = max(num_denoising // max_gt, 1)
     batch = len(num_gts)
-    classes, boxes, real = _pad_targets(targets["gt_class"], targets["gt_bbox"], max_gt,
-                                        num_classes)
+    classes, boxes, real = _pad_ground_truth(inputs["gt_class"], inputs["gt_bbox"], max_gt,
+                                             num_classes)
     classes = classes.tile([1, num_group])  # [B, Qdn]: group g holds the gts at g*max_gt + j
     boxes = boxes.tile([1, num_group, 1])
     real = real.tile([1, num_group])
