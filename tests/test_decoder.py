@@ -37,7 +37,14 @@ def _targets():
 def test_anchors_equal_reference(ref_dir, size):
     fixtures = np.load(ref_dir / "unit_fixtures.npz")
     anchors, valid = generate_anchors([(size // s, size // s) for s in (8, 16, 32)])
-    np.testing.assert_array_equal(anchors.numpy()[0], fixtures[f"anchors_{size}"])
+    # Within one float32 ulp, not bit-equal: paddle's vectorised log rounds differently on
+    # another CPU kind (on this project's AVX-512 Xeon, 124 of 21504 values at 512 px differ by
+    # exactly one ulp from the fixture's machine; 640 px is bit-equal). Invalid anchors (+inf)
+    # must still match exactly.
+    ours, theirs = anchors.numpy()[0], fixtures[f"anchors_{size}"]
+    finite = np.isfinite(theirs)
+    np.testing.assert_array_equal(np.isfinite(ours), finite)
+    np.testing.assert_array_max_ulp(ours[finite], theirs[finite], maxulp=1)
     np.testing.assert_array_equal(valid.numpy()[0], fixtures[f"anchors_valid_{size}"]
                                   .reshape(-1, 1))
 

@@ -180,3 +180,20 @@ def test_converter_chatter_goes_to_a_log_file(tiny, tmp_path, capfd):
     assert "[Paddle2ONNX]" in log and "Folding Constants" in log
     print("after")  # the descriptors are back where they were
     assert capfd.readouterr().out == "after\n"
+
+
+def test_export_leaves_the_model_eager(tmp_path):
+    """paddle.jit.to_static swaps a layer's forward for the traced program in place; the export
+    traces a copy, so the caller's model (its hooks, its timings) stays the eager one."""
+    from mrtdetr_lib.export import export_inference
+
+    paddle.seed(0)
+    model = mrt.build_model("tiny")
+    forward = model.forward
+    export_inference(model, tmp_path / "paddle")
+    assert model.forward == forward and "StaticFunction" not in type(model.forward).__name__
+    calls = []
+    model.backbone.register_forward_post_hook(lambda *_: calls.append(1))
+    with paddle.no_grad():
+        model({k: paddle.to_tensor(v) for k, v in _inputs(1).items()})
+    assert calls == [1]  # a hook fires: the eager path ran

@@ -10,24 +10,36 @@ None of the three changes a weight, so one checkpoint serves every setting:
   masks it upsamples to the image size; no effect on the network.
 
 Each setting is a fresh `build_model(cfg, **setting)` with the checkpoint loaded strictly, then
-timed (median of `runs`) and scored (COCO box and mask AP) on paddle eager and on ONNX Runtime
-(one export per setting). Taught in notebooks/05_query_tuning.ipynb.
+scored (COCO box and mask AP) on paddle eager and on ONNX Runtime (one export per setting) and
+timed: every predictor warmed up first, then called in turns, round after round, so a change of
+load on the machine hits every setting alike (median and quartiles of `runs` calls).
+
+Is a difference in AP real, or the luck of these few images? `ap_differences` answers with a
+paired bootstrap over images: resample the validation images with replacement, recompute both
+settings' AP on the same resample, and read the spread of the difference. Taught in
+notebooks/05_query_tuning.ipynb.
 """
 
+import contextlib
+import copy
+import io
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import paddle
+from pycocotools.cocoeval import COCOeval
 
 from ..config import Config, ModelConfig
 from ..data import build_loader
-from ..engine.evaluator import evaluate_predictor
+from ..engine.evaluator import IOU_TYPES, COCOEvaluator
 from ..export import OnnxPredictor, export_onnx
 from ..model.detr import build_model
+from ..tables import format_table
 from ..timing import timed
-from ..weights import compare, load_pretrained
+from ..weights import compare, count_parameters, load_pretrained
 
 KNOBS = ("num_queries", "num_top_queries", "eval_idx")
 BACKENDS = ("eager", "onnx")
@@ -104,21 +116,46 @@ def median_latency(predict: Callable[[], Any], runs: int = 10, warmup: int = 2) 
     return 1000 * float(np.median(timed(predict, warmup, runs)))
 
 
-def _numpy_inputs(batch: Dict[str, Any]) -> Dict[str, np.ndarray]:
+def interleaved_times(predictors: Sequence[Callable[[], Any]], runs: int = 20,
+                      warmup: int = 2) -> np.ndarray:
+    """Milliseconds [len(predictors), runs]: every predictor warmed up `warmup` times first,
+    then one call each per round, the order rotating round by round, so a change of load on
+    the machine lands on every predictor alike (timing them one after the other would not)."""
+    for predict in predictors:
+        timed(predict, warmup, 0)
+    times = np.zeros((len(predictors), runs))
+    for run in range(runs):
+        for k in np.roll(np.arange(len(predictors)), run):
+            times[k, run] = 1000 * timed(predictors[k], 0, 1)[0]
+    return times
+
+
+def latency_stats(times_ms: Sequence[float]) -> Dict[str, float]:
+    """latency_ms (median), latency_q25_ms and latency_q75_ms (the quartiles: the spread)."""
+    q25, median, q75 = np.percentile(np.asarray(times_ms, dtype="float64"), [25, 50, 75])
+    return {"latency_ms": float(median), "latency_q25_ms": float(q25),
+            "latency_q75_ms": float(q75)}
+
+
+def numpy_inputs(batch: Dict[str, Any]) -> Dict[str, np.ndarray]:
+    """A loader batch (or feeds) -> image, im_shape, scale_factor as float32 numpy arrays."""
     return {k: np.asarray(batch[k], dtype="float32") for k in ("image", "im_shape", "scale_factor")}
 
 
-def _eager_predict(model: paddle.nn.Layer) -> Callable[[Dict[str, Any]], Dict[str, Any]]:
-    def predict(inputs: Dict[str, Any]) -> Dict[str, Any]:
+def eager_predictor(model: paddle.nn.Layer) -> Callable[[Dict[str, Any]], Dict[str, Any]]:
+    """`predict(batch)` -> `model`'s eval outputs (bbox, bbox_num, mask) as numpy arrays, under
+    no_grad: the contract of the exports' predictors (the copy to numpy is timed in all)."""
+    def predict(inputs: Dict[str, Any]) -> Dict[str, np.ndarray]:
         with paddle.no_grad():
-            return model({k: paddle.to_tensor(v) for k, v in _numpy_inputs(inputs).items()})
+            out = model({k: paddle.to_tensor(v) for k, v in numpy_inputs(inputs).items()})
+        return {k: v.numpy() for k, v in out.items()}
     return predict
 
 
 def _example_inputs(cfg: ModelConfig, loader: Any) -> Dict[str, np.ndarray]:
     """The first evaluation image, or a fixed random one when there is no data (latency only)."""
     if loader is not None:
-        return _numpy_inputs(next(iter(loader)))
+        return numpy_inputs(next(iter(loader)))
     if not cfg.eval_size:
         raise ValueError("a latency-only study needs cfg.eval_size (the input size to time)")
     image = np.random.default_rng(0).random((1, 3, *cfg.eval_size), dtype="float32")
@@ -126,14 +163,181 @@ def _example_inputs(cfg: ModelConfig, loader: Any) -> Dict[str, np.ndarray]:
             "scale_factor": np.ones((1, 2), "float32")}
 
 
-def _ap(predict: Callable, loader: Any) -> Dict[str, Optional[float]]:
-    if loader is None:
-        return {"box_AP": None, "mask_AP": None}
+@dataclass
+class ImageMatches:
+    """COCOeval's matching, kept per (class, image) so AP can be recomputed on any resample of
+    the images without matching again (area "all", the 100 best detections of a class).
 
+    `scores[k][i]` [D] (highest first), `true_positive[k][i]` / `false_positive[k][i]` [T, D]
+    bool (one row per IoU threshold 0.5:0.05:0.95; ignored detections are neither),
+    `objects` [K, I] the objects that count, `recall_levels` [R] COCO's 101 recall points.
+    """
+
+    scores: List[List[np.ndarray]]
+    true_positive: List[List[np.ndarray]]
+    false_positive: List[List[np.ndarray]]
+    objects: np.ndarray
+    recall_levels: np.ndarray
+
+    @property
+    def num_images(self) -> int:
+        return self.objects.shape[1]
+
+
+def image_matches(evaluator: COCOEvaluator, key: str) -> Optional[ImageMatches]:
+    """Run COCOeval's `evaluate()` (the matching) on `evaluator`'s `key` results ("bbox" or
+    "mask") and keep it per (class, image); None when nothing was detected."""
+    if not evaluator.results[key]:
+        return None
+    with contextlib.redirect_stdout(io.StringIO()):
+        detections = evaluator.coco_gt.loadRes([dict(r) for r in evaluator.results[key]])
+        coco_eval = COCOeval(evaluator.coco_gt, detections, IOU_TYPES[key])
+        coco_eval.params.imgIds = sorted(evaluator.image_ids)
+        coco_eval.evaluate()
+    params = coco_eval.params
+    num_images, num_areas = len(params.imgIds), len(params.areaRng)
+    thresholds = len(params.iouThrs)
+    matches = ImageMatches([], [], [], np.zeros((len(params.catIds), num_images), "int64"),
+                           np.asarray(params.recThrs))
+    for k in range(len(params.catIds)):
+        # evalImgs is ordered class, area range, image; area range 0 is "all"
+        entries = coco_eval.evalImgs[k * num_areas * num_images:][:num_images]
+        empty = np.zeros((thresholds, 0), bool)
+        matches.scores.append([np.asarray(e["dtScores"]) if e else np.zeros(0) for e in entries])
+        counted = [~np.asarray(e["dtIgnore"], bool) if e else empty for e in entries]
+        found = [np.asarray(e["dtMatches"]) != 0 if e else empty for e in entries]
+        matches.true_positive.append([f & c for f, c in zip(found, counted)])
+        matches.false_positive.append([~f & c for f, c in zip(found, counted)])
+        matches.objects[k] = [np.sum(~np.asarray(e["gtIgnore"], bool)) if e else 0
+                              for e in entries]
+    return matches
+
+
+def resampled_ap(matches: Optional[ImageMatches], images: Sequence[int]) -> float:
+    """COCO AP (IoU 0.5:0.95, all areas, 100 detections: COCOeval's `stats[0]`) over the images
+    at positions `images`, repeats allowed (a bootstrap sample); `range(n)` gives the AP of the
+    whole set. COCOeval's `accumulate`, vectorised; 0 when nothing was detected."""
+    if matches is None:
+        return 0.0
+    images = np.asarray(images, dtype="int64")
+    per_class = []
+    for k in range(len(matches.scores)):
+        objects = int(matches.objects[k, images].sum())
+        if objects == 0:
+            continue  # a class without objects in the sample does not count (COCO's -1)
+        scores = np.concatenate([matches.scores[k][i] for i in images])
+        order = np.argsort(-scores, kind="mergesort")  # COCOeval's order, ties included
+        tp = np.cumsum(np.concatenate([matches.true_positive[k][i] for i in images], 1)[:, order],
+                       1, dtype="float64")  # [T, D]
+        fp = np.cumsum(np.concatenate([matches.false_positive[k][i] for i in images],
+                                      1)[:, order], 1, dtype="float64")
+        recall = tp / objects
+        precision = tp / (tp + fp + np.spacing(1))
+        # the precision envelope: the best precision at this recall or any higher one
+        precision = np.maximum.accumulate(precision[:, ::-1], 1)[:, ::-1]
+        sampled = np.zeros((len(recall), len(matches.recall_levels)))
+        for t in range(len(recall)):
+            at = np.searchsorted(recall[t], matches.recall_levels, side="left")
+            reached = at < recall.shape[1]
+            sampled[t, reached] = precision[t, at[reached]]
+        per_class.append(sampled.mean())
+    return float(np.mean(per_class)) if per_class else float("nan")
+
+
+def bootstrap_ap(evals: Sequence[Optional[ImageMatches]], samples: int = 1000,
+                 seed: int = 0) -> np.ndarray:
+    """AP [samples, len(evals)]: each evaluation's AP on `samples` bootstrap resamples of the
+    images (drawn with replacement), the same resample for every evaluation in a row of the
+    result, so differences between columns are paired. All must cover the same images."""
+    sizes = {e.num_images for e in evals if e is not None}
+    if len(sizes) > 1:
+        raise ValueError(f"the evaluations cover different numbers of images: {sorted(sizes)}")
+    num_images = sizes.pop() if sizes else 1
+    rng = np.random.default_rng(seed)
+    result = np.zeros((samples, len(evals)))
+    for sample in range(samples):
+        images = rng.integers(0, num_images, num_images)
+        result[sample] = [resampled_ap(e, images) for e in evals]
+    return result
+
+
+def score_predictor(predict: Callable, loader: Any) -> Dict[str, Any]:
+    """box_AP and mask_AP (COCO, 0-1) of `predict` on the loader's images, and `matches`
+    {"box_AP": .., "mask_AP": ..}: the `ImageMatches` that `bootstrap_ap` resamples."""
+    if loader is None:
+        return {"box_AP": None, "mask_AP": None, "matches": None}
     dataset = loader.dataset
-    metrics = evaluate_predictor(predict, loader, dataset.coco, dataset.cat_ids, progress=False)
-    return {"box_AP": float(metrics["bbox"]["stats"][0]),
-            "mask_AP": float(metrics["mask"]["stats"][0])}
+    evaluator = COCOEvaluator(dataset.coco, dataset.cat_ids)
+    for batch in loader:
+        evaluator.update(batch["im_id"], predict(batch))
+    matches = {"box_AP": image_matches(evaluator, "bbox"),
+               "mask_AP": image_matches(evaluator, "mask")}
+    every = range(len(evaluator.image_ids))
+    return {**{metric: resampled_ap(m, every) for metric, m in matches.items()},
+            "matches": matches}
+
+
+def ap_differences(rows: Sequence[Dict[str, Any]], metric: str = "mask_AP", samples: int = 1000,
+                   seed: int = 0, level: float = 0.95) -> List[Dict[str, Any]]:
+    """Per row, grouped by backend: its setting label, backend, `metric`, and the `difference`
+    to the first row of the same backend (the baseline setting) with the `level` percentile
+    interval [low, high] of that difference over paired bootstrap resamples of the images."""
+    out: List[Dict[str, Any]] = []
+    for backend in dict.fromkeys(r["backend"] for r in rows):
+        group = [r for r in rows if r["backend"] == backend]
+        aps = bootstrap_ap([r["matches"][metric] for r in group], samples, seed)
+        differences = aps - aps[:, :1]  # [samples, rows]: each setting minus the baseline
+        lows, highs = np.percentile(differences, [50 * (1 - level), 50 * (1 + level)], axis=0)
+        for row, low, high in zip(group, lows, highs):
+            out.append({"setting": _label(row), "backend": backend, metric: row[metric],
+                        "changed": [k for k in KNOBS if row[k] != group[0][k]],
+                        "difference": row[metric] - group[0][metric],
+                        "low": float(low), "high": float(high)})
+    return out
+
+
+def markdown_differences(differences: Sequence[Dict[str, Any]], metric: str = "mask_AP") -> str:
+    """A markdown table of `ap_differences` in AP points (percent): value, difference to the
+    baseline and its interval, and whether the interval excludes 0 ("clear?")."""
+    name = metric.replace("_", " ")
+    lines = [f"| Setting | Backend | {name} | Δ to baseline | 95% interval | clear? |",
+             "|:---|:---:|---:|---:|:---:|:---:|"]
+    for d in differences:
+        clear = ("baseline" if not d["changed"]
+                 else "yes" if d["low"] > 0 or d["high"] < 0 else "no")
+        lines.append(f"| {d['setting']} | {d['backend']} | {100 * d[metric]:.1f} | "
+                     f"{100 * d['difference']:+.1f} | [{100 * d['low']:+.1f}, "
+                     f"{100 * d['high']:+.1f}] | {clear} |")
+    return "\n".join(lines)
+
+
+KNOB_WORDS = {"num_queries": "fewer queries", "num_top_queries": "fewer kept detections",
+              "eval_idx": "fewer decoder layers"}
+
+
+def describe_differences(differences: Sequence[Dict[str, Any]], metric: str = "mask_AP") -> str:
+    """Markdown bullets reading `ap_differences` aloud: per setting what changed, the difference
+    in AP points with its interval and whether it is clear of zero; then the largest loss."""
+    name, lines = metric.replace("_", " "), []
+    for d in differences:
+        if not d["changed"]:
+            continue
+        what = " and ".join(KNOB_WORDS[k] for k in d["changed"])
+        if d["low"] > 0 or d["high"] < 0:
+            verdict = "a clear " + ("gain" if d["low"] > 0 else "loss")
+        else:
+            verdict = "not told apart from the baseline on these images (the interval holds 0)"
+        lines.append(f"- **{d['setting']}** ({what}, {d['backend']}): {name} "
+                     f"{100 * d['difference']:+.1f} points, 95% interval "
+                     f"[{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]: {verdict}.")
+    worst = min((d for d in differences if d["changed"]), key=lambda d: d["difference"],
+                default=None)
+    if worst is not None and worst["difference"] < 0:
+        lines.append(f"- The largest loss of {name}: **{worst['setting']}** "
+                     f"({' and '.join(KNOB_WORDS[k] for k in worst['changed'])}).")
+    elif worst is not None:
+        lines.append(f"- No setting scored a lower {name} than the baseline.")
+    return "\n".join(lines)
 
 
 def query_study(cfg: Config, settings: Sequence[Dict[str, int]], weights: Weights = None,
@@ -141,7 +345,8 @@ def query_study(cfg: Config, settings: Sequence[Dict[str, int]], weights: Weight
                 warmup: int = 2, export_dir: Optional[Union[str, Path]] = None,
                 log: Callable[[str], None] = print) -> List[Dict[str, Any]]:
     """One row per (setting, backend): the knobs, box_AP / mask_AP (COCO, 0-1; None when not
-    evaluated) on cfg.data's val split, median latency_ms at batch 1, params_M and the model.
+    evaluated) on cfg.data's val split with their `matches` (see `ap_differences`), latency
+    at batch 1 (`latency_stats` of `interleaved_times`: median and quartiles, ms), params_M.
 
     `weights`: a .pdparams path or state dict (None: random weights, latency only makes sense).
     ONNX files go to `export_dir` (default: a temporary folder).
@@ -153,7 +358,7 @@ def query_study(cfg: Config, settings: Sequence[Dict[str, int]], weights: Weight
     loader = build_loader(cfg, "val", num_workers=0) if evaluate else None
     inputs = _example_inputs(cfg.model, loader)
     export_dir = Path(export_dir or tempfile.mkdtemp(prefix="query_study_"))
-    rows = []
+    rows, timers = [], []
     for setting in settings:
         model = build_setting(cfg.model, setting, weights)
         knobs = {knob: setting.get(knob, getattr(cfg.model, knob)) for knob in KNOBS}
@@ -162,20 +367,23 @@ def query_study(cfg: Config, settings: Sequence[Dict[str, int]], weights: Weight
         common = {"model": f"Mask RT-DETR-{arch}", "backbone": f"PPHGNetV2-{arch}",
                   "input_shape": "x".join(str(s) for s in inputs["image"].shape[2:]), **knobs,
                   "decoder_layers": knobs["eval_idx"] + 1,
-                  "params_M": sum(int(np.prod(p.shape)) for p in model.parameters()) / 1e6}
+                  "params_M": count_parameters(model)["total"] / 1e6}
         for backend in backends:
             if backend == "eager":
-                predict = _eager_predict(model)
+                predict = eager_predictor(model)
             else:
                 tag = "q{num_queries}_k{num_top_queries}_l{decoder_layers}".format(**common)
-                onnx_path = export_onnx(model, export_dir, f"{cfg.model.arch.lower()}_{tag}")
+                # a copy: paddle.jit.to_static turns the layer it traces into the traced
+                # program in place, and the eager row must go on timing the eager model
+                onnx_path = export_onnx(copy.deepcopy(model), export_dir,
+                                        f"{cfg.model.arch.lower()}_{tag}")
                 onnx_predictor = OnnxPredictor(onnx_path)
-                predict = lambda batch, p=onnx_predictor: p(_numpy_inputs(batch))  # noqa: E731
-            row = {**common, "backend": backend,
-                   "latency_ms": median_latency(lambda p=predict: p(inputs), runs, warmup),
-                   **_ap(predict, loader)}
-            rows.append(row)
-            log(_row_line(row))
+                predict = lambda batch, p=onnx_predictor: p(numpy_inputs(batch))  # noqa: E731
+            rows.append({**common, "backend": backend, **score_predictor(predict, loader)})
+            timers.append(lambda p=predict: p(inputs))
+            log(_row_line(rows[-1]))
+    for row, times in zip(rows, interleaved_times(timers, runs, warmup)):
+        row.update(latency_stats(times))
     return rows
 
 
@@ -183,19 +391,23 @@ def _row_line(row: Dict[str, Any]) -> str:
     ap = ("" if row["mask_AP"] is None
           else f" box AP {100 * row['box_AP']:.1f} mask AP {100 * row['mask_AP']:.1f}")
     return (f"queries {row['num_queries']:>4} top {row['num_top_queries']:>4} layers "
-            f"{row['decoder_layers']} {row['backend']:<5}{ap} {row['latency_ms']:.1f} ms")
+            f"{row['decoder_layers']} {row['backend']:<5}{ap}")
 
 
 TABLE_COLUMNS = (("Model", "model"), ("Backbone", "backbone"), ("Input shape", "input_shape"),
                  ("Queries", "num_queries"), ("Top-k", "num_top_queries"),
                  ("Dec. layers", "decoder_layers"), ("Backend", "backend"),
                  ("Box AP", "box_AP"), ("Mask AP", "mask_AP"), ("Params(M)", "params_M"),
-                 ("CPU latency(ms)", "latency_ms"), ("CPU FPS", "fps"))
+                 ("CPU latency(ms)", "latency_ms"), ("IQR(ms)", "latency_iqr"),
+                 ("CPU FPS", "fps"))
+TIMING = ("latency_ms", "latency_iqr", "fps")
 
 
 def _cell(key: str, row: Dict[str, Any]) -> str:
     if key == "fps":
         return f"{1000 / row['latency_ms']:.1f}"
+    if key == "latency_iqr":  # the middle half of the timed runs
+        return f"{row['latency_q25_ms']:.1f}-{row['latency_q75_ms']:.1f}"
     value = row[key]
     if value is None:
         return "-"
@@ -208,12 +420,11 @@ def _cell(key: str, row: Dict[str, Any]) -> str:
 
 def markdown_table(rows: Sequence[Dict[str, Any]], latency: bool = True) -> str:
     """A markdown table in the style of the seed's README (Model | ... | Box AP | Mask AP |
-    Params(M) | speed); `latency=False` leaves out the timing columns (machine-dependent)."""
-    columns = [c for c in TABLE_COLUMNS if latency or c[1] not in ("latency_ms", "fps")]
-    lines = ["| " + " | ".join(title for title, _ in columns) + " |",
-             "|" + "|".join(":---:" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(_cell(key, row) for _, key in columns) + " |" for row in rows]
-    return "\n".join(lines)
+    Params(M) | speed: median, interquartile range, FPS of the median); `latency=False` leaves
+    out the timing columns (machine-dependent)."""
+    columns = [c for c in TABLE_COLUMNS if latency or c[1] not in TIMING]
+    cells = [{title: _cell(key, row) for title, key in columns} for row in rows]
+    return format_table(cells, [title for title, _ in columns], markdown=True)
 
 
 def print_table(rows: Sequence[Dict[str, Any]], latency: bool = True) -> None:
@@ -225,9 +436,15 @@ def _label(row: Dict[str, Any]) -> str:
     return f"q{row['num_queries']} k{row['num_top_queries']} L{row['decoder_layers']}"
 
 
+def _latency_error(rows: Sequence[Dict[str, Any]]) -> np.ndarray:
+    """[2, n] distances from each median down to the first and up to the third quartile."""
+    return np.array([[r["latency_ms"] - r["latency_q25_ms"] for r in rows],
+                     [r["latency_q75_ms"] - r["latency_ms"] for r in rows]])
+
+
 def plot_ap_latency(rows: Sequence[Dict[str, Any]], metric: str = "mask_AP", ax: Any = None) -> Any:
-    """AP (percent) against median latency, one marker style per backend, each point labelled
-    q<queries> k<top-k> L<decoder layers>."""
+    """AP (percent) against median latency (ms) with its interquartile range as a horizontal
+    bar, one marker per backend, each point labelled q<queries> k<top-k> L<decoder layers>."""
     import matplotlib.pyplot as plt
 
     if ax is None:
@@ -236,20 +453,21 @@ def plot_ap_latency(rows: Sequence[Dict[str, Any]], metric: str = "mask_AP", ax:
         points = [r for r in rows if r["backend"] == backend and r[metric] is not None]
         if not points:
             continue
-        ax.scatter([r["latency_ms"] for r in points], [100 * r[metric] for r in points],
-                   marker=marker, label=backend)
+        ax.errorbar([r["latency_ms"] for r in points], [100 * r[metric] for r in points],
+                    xerr=_latency_error(points), fmt=marker, capsize=3, label=backend)
         for r in points:
             ax.annotate(_label(r), (r["latency_ms"], 100 * r[metric]), fontsize=7,
                         textcoords="offset points", xytext=(4, 3))
-    ax.set(xlabel="median latency, batch 1 (ms)", ylabel=metric.replace("_", " "),
-           title=f"{metric.replace('_', ' ')} against latency")
+    name = metric.replace("_", " ")
+    ax.set(xlabel="latency, batch 1 (ms): median and interquartile range",
+           ylabel=f"{name} (%)", title=f"{name} against latency")
     ax.legend()
     return ax
 
 
 def plot_latency(rows: Sequence[Dict[str, Any]], knob: str = "num_queries", ax: Any = None) -> Any:
-    """Median latency against one knob's value, a line per backend; rows whose other knobs
-    differ from the first row's (the baseline) are left out."""
+    """Median latency (ms, bars: interquartile range) against one knob's value, a line per
+    backend; rows whose other knobs differ from the first row's (the baseline) are left out."""
     import matplotlib.pyplot as plt
 
     if knob not in KNOBS:
@@ -259,9 +477,10 @@ def plot_latency(rows: Sequence[Dict[str, Any]], knob: str = "num_queries", ax: 
     others = [k for k in KNOBS if k != knob]
     rows = [r for r in rows if all(r[k] == rows[0][k] for k in others)]
     for backend in BACKENDS:
-        points = sorted((r[knob], r["latency_ms"]) for r in rows if r["backend"] == backend)
+        points = sorted((r for r in rows if r["backend"] == backend), key=lambda r: r[knob])
         if points:
-            ax.plot(*zip(*points), marker="o", label=backend)
-    ax.set(xlabel=knob, ylabel="median latency (ms)", title=f"latency against {knob}")
+            ax.errorbar([r[knob] for r in points], [r["latency_ms"] for r in points],
+                        yerr=_latency_error(points), marker="o", capsize=3, label=backend)
+    ax.set(xlabel=knob, ylabel="latency, batch 1 (ms)", title=f"latency against {knob}")
     ax.legend()
     return ax

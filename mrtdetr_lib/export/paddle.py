@@ -6,6 +6,7 @@ PaddleDetection's `tools/export_model.py` produces. The batch size is fixed at e
 post-process resizes each image's masks to its own size, which a fixed batch keeps loop-free.
 """
 
+import copy
 import os
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Union
@@ -34,7 +35,9 @@ def export_inference(model: paddle.nn.Layer, out_dir: Union[str, Path], batch: i
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.eval()
-    static = paddle.jit.to_static(model, input_spec=input_spec(batch, size), full_graph=True)
+    # to_static replaces the layer's forward in place: trace a copy, so `model` stays eager
+    traced = copy.deepcopy(model)
+    static = paddle.jit.to_static(traced, input_spec=input_spec(batch, size), full_graph=True)
     paddle.jit.save(static, str(out_dir / "model"))
     return out_dir
 
