@@ -4,9 +4,9 @@ Mirrors PaddleDetection's `ppdet/optimizer/ema.py` `ModelEMA` as Mask RT-DETR co
 (`ema_decay 0.9999`, `ema_decay_type exponential`, the only type here, `ema_filter_no_grad
 True`): the average starts at zero and the decay ramps up as
 `decay * (1 - exp(-(step + 1) / 2000))`, so early averages follow the model closely and no
-bias correction is needed. The 2000 is fixed in ppdet; here it is `ramp_steps` (config `ema_ramp_steps`), because a run of a few hundred steps on a CPU would
-otherwise never average at all. ppdet's other decay types (`threshold`,
-`normal`) are not used by any Mask RT-DETR config and are not implemented here.
+bias correction is needed. The 2000 is fixed in ppdet; here it is `ramp_steps` (config
+`ema_ramp_steps`), because a run of a few hundred steps on a CPU would otherwise never average
+at all. ppdet's other decay types (`threshold`, `normal`) are not used by any Mask RT-DETR config and are not implemented here.
 """
 
 import math
