@@ -6,7 +6,8 @@ True`): the average starts at zero and the decay ramps up as
 `decay * (1 - exp(-(step + 1) / 2000))`, so early averages follow the model closely and no
 bias correction is needed. The 2000 is fixed in ppdet; here it is `ramp_steps` (config
 `ema_ramp_steps`), because a run of a few hundred steps on a CPU would otherwise never average
-at all. ppdet's other decay types (`threshold`, `normal`) are not used by any Mask RT-DETR config and are not implemented here.
+at all. ppdet's other decay types (`threshold`, `normal`) are not used by any Mask RT-DETR
+config and are not implemented here.
 """
 
 import math
