@@ -82,11 +82,24 @@ def test_paddle_inference_and_onnx_runtime_match_eager(tiny, tmp_path_factory, b
 
 
 def _graph_digest(path):
-    """sha256 of the graph (nodes, attributes, constant values), names of constants aside."""
-    model = onnx.load(str(path))
-    for constant in model.graph.initializer:
-        constant.ClearField("name")
-    return hashlib.sha256(model.graph.SerializeToString(deterministic=True)).hexdigest()
+    """sha256 of the graph (ops, attributes, constant values, wiring), value names aside: each
+    name becomes its order of first appearance (an export traces a copy of the model, whose
+    parameters get fresh names)."""
+    graph = onnx.load(str(path)).graph
+    order = {}
+    for name in ([c.name for c in graph.initializer] + [i.name for i in graph.input]
+                 + [x for node in graph.node for x in (*node.input, *node.output)]):
+        order.setdefault(name, f"v{len(order)}")
+    for constant in graph.initializer:
+        constant.name = order[constant.name]
+    for node in graph.node:
+        node.name = ""
+        node.input[:] = [order.get(x, x) for x in node.input]
+        node.output[:] = [order.get(x, x) for x in node.output]
+    for value in (*graph.input, *graph.output):
+        value.name = order.get(value.name, value.name)
+    graph.ClearField("value_info")
+    return hashlib.sha256(graph.SerializeToString(deterministic=True)).hexdigest()
 
 
 def test_batch_export_is_reproducible_and_pads_with_exact_zeros(tiny, tmp_path):
