@@ -39,3 +39,14 @@ def refweights(ref_dir):
     finally:
         sys.path.pop(0)
     return module
+
+
+def tiny_shapes_config(folder: Path, num_train: int, num_val: int, size: int):
+    """The `tiny` Config on a fresh small shapes data set in `folder`, evaluated at size x size."""
+    from mrtdetr_lib.data.shapes import make_shapes
+
+    make_shapes(str(folder), num_train, num_val, image_size=size, progress=False)
+    cfg = mrtdetr_lib.get_config("tiny")
+    cfg.model.eval_size, cfg.data.eval_size = (size, size), [size, size]
+    cfg.data.dataset_dir = str(folder)
+    return cfg

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import paddle
 import pytest
+from conftest import tiny_shapes_config
 
 import mrtdetr_lib as mrt
 from mrtdetr_lib.course.deploy import (
@@ -24,13 +25,8 @@ from mrtdetr_lib.data import build_loader, preprocess, read_image
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from mrtdetr_lib.data.shapes import make_shapes
-
     folder = tmp_path_factory.mktemp("shapes")
-    make_shapes(str(folder), 2, 3, image_size=96, progress=False)
-    cfg = mrt.get_config("tiny")
-    cfg.model.eval_size, cfg.data.eval_size = (96, 96), [96, 96]
-    cfg.data.dataset_dir = str(folder)
+    cfg = tiny_shapes_config(folder, num_train=2, num_val=3, size=96)
     paddle.seed(0)
     model = mrt.build_model(cfg.model)
     model.eval()

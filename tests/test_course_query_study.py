@@ -8,6 +8,7 @@ import io
 import numpy as np
 import paddle
 import pytest
+from conftest import tiny_shapes_config
 from pycocotools.coco import COCO
 
 import mrtdetr_lib as mrt
@@ -102,15 +103,7 @@ def test_eval_idx_runs_only_the_layers_up_to_it(tiny_cfg, eval_idx, runs):
 
 @pytest.fixture(scope="module")
 def shapes_cfg(tmp_path_factory):
-    from mrtdetr_lib.data.shapes import make_shapes
-
-    folder = tmp_path_factory.mktemp("shapes")
-    make_shapes(str(folder), 4, 3, image_size=128, progress=False)
-    cfg = mrt.get_config("tiny")
-    cfg.model.eval_size, cfg.data.eval_size = (128, 128), [128, 128]
-    cfg.data.dataset_dir, cfg.data.val_image_dir = str(folder), "val"
-    cfg.data.val_anno_path = "instances_val.json"
-    return cfg
+    return tiny_shapes_config(tmp_path_factory.mktemp("shapes"), num_train=4, num_val=3, size=128)
 
 
 def test_study_rows_on_eager_and_onnx_runtime(shapes_cfg, tmp_path):
