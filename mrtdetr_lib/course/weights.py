@@ -10,6 +10,7 @@ outputs are the same on every machine), your own full run of chapter 03 otherwis
 full run is an error that says how to make one, never a silent fallback.
 """
 
+import dataclasses
 import json
 import os
 import sys
@@ -89,9 +90,8 @@ def load_course_model(weights: Optional[PathLike] = None) -> Tuple[paddle.nn.Lay
 def score(model: paddle.nn.Layer, cfg: Config, dataset_dir: PathLike,
           max_images: Optional[int] = None) -> Dict[str, float]:
     """COCO AP (mask_AP, bbox_AP, ...) on the first `max_images` of a shapes val split."""
-    data_cfg = cfg.data
-    data = build_dataset(type(data_cfg)(**{**data_cfg.__dict__, "dataset_dir": str(dataset_dir),
-                                           "max_images": max_images}), "val")
+    data_cfg = dataclasses.replace(cfg.data, dataset_dir=str(dataset_dir), max_images=max_images)
+    data = build_dataset(data_cfg, "val")
     return summary(evaluate(model, data, progress=False))
 
 
@@ -112,7 +112,7 @@ def ship(run_dir: PathLike, config: PathLike = ROOT / "configs" / "tiny_shapes_c
     save_curves(str(out_dir / "train_log.jsonl"), str(out_dir / "curves.png"),
                 smooth=cfg.train.log_iter)
     model, cfg = load_course_model(weights)
-    data_dir = checkpoint_config(weights).data.dataset_dir
+    data_dir = cfg.data.dataset_dir  # load_course_model read the same config.yml
     meta = {"config": str(Path(config).relative_to(ROOT)) if Path(config).is_absolute()
             else str(config), "seed": cfg.train.seed, "command": "make checkpoint",
             "steps": max(r["step"] for r in records), "threads": 2,
