@@ -215,6 +215,8 @@ class MaskDINOLoss(nn.Layer):
         """[n, 1, h, w] logits -> [n, S, 2] points in 0..1: the most uncertain of 3S random
         points (logit nearest 0), topped up with random ones (PointRend's sampling)."""
         num = pred.shape[0]
+        if self.num_important_points == 0:  # important_sample_ratio 0: uniform points only
+            return paddle.rand([num, self.num_sample_points, 2])
         candidates = paddle.rand([num, 1, self.num_oversample_points, 2])
         logits = F.grid_sample(pred, 2.0 * candidates - 1.0, align_corners=False)
         uncertainty = -paddle.abs(logits.squeeze([1, 2]))  # [n, 3S]
