@@ -104,6 +104,16 @@ def test_varifocal_loss_and_mask_iou_by_hand():
     assert mask_iou(pred, gt).item() == pytest.approx(expected, rel=1e-4)
 
 
+def test_uniform_points_when_no_point_is_important():
+    """important_sample_ratio 0 samples S uniform points (no oversampling, no top-k of 0)."""
+    criterion = mrt.build_criterion(num_classes=4, num_sample_points=64,
+                                    important_sample_ratio=0.0)
+    paddle.seed(3)
+    points = criterion._uncertain_points(paddle.randn([5, 1, 8, 8]))
+    assert points.shape == [5, 64, 2]
+    assert float(points.min()) >= 0.0 and float(points.max()) < 1.0
+
+
 def test_build_criterion_reads_the_config():
     crit = mrt.build_criterion(mrt.get_config("tiny").loss, num_classes=4)
     assert crit.num_sample_points == 2048 and crit.num_classes == 4
@@ -147,9 +157,11 @@ def loss_case(request, ref_dir, refweights):
     segm = np.unpackbits(gt["gt_segm_packbits"])[:np.prod(shape)].reshape(shape)
     size = [float(image_u8.shape[0]), float(image_u8.shape[1])]
 
-    def inputs():
-        """The README's exact recipe: u8 * float32(1/255), HWC -> CHW."""
+    def inputs(scale=1.0):
+        """The README's exact recipe: u8 * float32(1/255), HWC -> CHW; times `scale`."""
         image = (image_u8.astype("float32") * np.float32(1 / 255)).transpose(2, 0, 1)[None]
+        if scale != 1.0:
+            image = image * np.float32(scale)
         return {"image": paddle.to_tensor(image), "im_shape": paddle.to_tensor([size]),
                 "scale_factor": paddle.ones([1, 2]),
                 "gt_class": [paddle.to_tensor(gt["gt_class"])],
@@ -169,72 +181,108 @@ def loss_case(request, ref_dir, refweights):
     return fixture, inputs, model
 
 
-# Rounding on this machine vs the fixtures' machine (measured on this project's AVX-512 Xeon,
-# paddle 3.3.1; the same code equals the fixtures to ~1e-7 on the machine that made them): the
-# total loss within 4.6e-4 at one thread and 3.5e-4 at two, but single terms of the final layer
-# up to 1.2e-2 (one thread) and 3.7e-2 (two threads, loss_class of variant B). They go through
-# the random L weights' ill-conditioned mask-enhanced boxes, where a mask logit near 0 flips a
-# box edge. So: the total at 1e-3 as before, each term at 5e-2 (issue 14 asks to tighten this
-# once the per-term drift between CPU kinds is understood).
-TOTAL_RTOL, TERM_RTOL = 1e-3, 5e-2
+# How close can a loss be to the fixture's? The fixture was computed on another machine, whose
+# float rounding differs from ours at ~1e-7. With the random L weights some terms amplify that
+# a thousandfold: the last decoder layer's boxes saturate (w, h ~ 0.99999), and their centres
+# move by ~0.03 when only MKL's code path changes (MKL_CBWR; same code, same machine). So each
+# term is held to what its own conditioning allows, measured here: the input pixels are scaled
+# by 1 +- 1e-6 (a change far below 8-bit precision), and a term must equal the fixture within
+# CONDITIONING_FACTOR times the most it moved, or within 1e-5 relative if it moved less.
+# Measured on this project's AVX-512 Xeon at one thread (paddle 3.3.1): giou and most aux/dn
+# terms move < 1e-5 and match to < 5e-6; the last layer's bbox, mask, dice and class move 1e-3 to
+# 1.3e-2 and are off by as much (at most 3.1x their movement); the global gradient norm moves
+# by tens of per cent. On the fixtures' own machine the same code matched to ~1e-7.
+PERTURBATION = 1e-6
+CONDITIONING_FACTOR = 5.0
+RTOL = 1e-5
 
 
-def _assert_losses(losses, expected, variant):
-    for key, value in expected.items():
-        rtol = TOTAL_RTOL if key == "loss" else TERM_RTOL
-        assert float(losses[key]) == pytest.approx(value, rel=rtol, abs=1e-6), (variant, key)
-
-
-def test_loss_parity_without_denoising(loss_case, refweights):
-    """Variants A (injected random numbers) and B (paddle.seed): every term within rtol 1e-3.
-
-    The forward does not draw random numbers without denoising, so both share it."""
+@pytest.fixture(scope="module")
+def loss_runs(loss_case, refweights):
+    """Every variant's losses (and variant A's gradient norms) at one thread, for the input as
+    given and scaled by 1 +- PERTURBATION: {scale: {"A"|"B"|"C"|"D": {key: float}, "grads"}}."""
     fixture, inputs, make_model = loss_case
+    mrt.set_num_threads(1)  # as the fixtures were made: one summation order
+    try:
+        return {scale: _variants(fixture, inputs, make_model, refweights, scale)
+                for scale in (1.0, 1 + PERTURBATION, 1 - PERTURBATION)}
+    finally:
+        mrt.set_num_threads(0)
+
+
+def _variants(fixture, inputs, make_model, refweights, scale):
+    """Losses of the variants the fixture holds: A/D with its random numbers injected (their
+    call counts checked), B/C with paddle.seed; gradient norms after A's backward."""
+    floats = lambda losses: {k: float(v) for k, v in losses.items()}  # noqa: E731
     model = make_model(0)
-    outputs = model(inputs())
     criterion = mrt.build_criterion(num_classes=model.transformer.num_classes)
+    outputs = model(inputs(scale))  # no random numbers in the forward without denoising
+    runs = {}
     if "B_dn0_native_seeded" in fixture:
         paddle.seed(fixture.get("seed", 20240601))
-        _assert_losses(criterion(outputs, inputs()), fixture["B_dn0_native_seeded"]["losses"],
-                       "B")
-    variant = fixture["A_dn0_injected_rng"]
+        runs["B"] = floats(criterion(outputs, inputs(scale)))
     with pytest.MonkeyPatch.context() as patch:
         count = _reference_rng(patch, refweights)
-        losses = criterion(outputs, inputs())
-    assert count[0] == len(variant["rng_calls"])
-    _assert_losses(losses, variant["losses"], "A")
-
+        losses = criterion(outputs, inputs(scale))
+    assert count[0] == len(fixture["A_dn0_injected_rng"]["rng_calls"])
+    runs["A"] = floats(losses)
     losses["loss"].backward()
     params = dict(model.named_parameters())
-    # The heads' gradients: 1e-3 on the fixtures' machine, up to 2.1e-2 here (the terms above).
-    for name, norm in variant["grad_l2_selected"].items():
-        if name.startswith(("transformer.score_head", "transformer.mask_query_head",
-                            "transformer.enc_output", "transformer.bbox_head", "neck.enc_mask")):
-            assert float(paddle.linalg.norm(params[name].grad)) == pytest.approx(
-                norm, rel=TERM_RTOL)
-    # Deep gradients are chaotic with these random weights: PaddleDetection's own code gave
-    # 64501.7 against the fixture's 63749.1 on an earlier machine (+1.2%), and on this
-    # project's AVX-512 Xeon ours gives 77010 at one thread and 59964 at two (+21% / -6%):
-    # a check of the global norm against another machine's number tests the CPU, not the
-    # code. Here it must be finite and of the fixture's order; issue 14 keeps the question.
-    total = sum(float((p.grad.astype("float64") ** 2).sum()) for p in params.values()
-                if p.grad is not None) ** 0.5
-    assert 0.5 < total / variant["grad_global_l2"] < 2.0
-
-
-def test_loss_parity_with_denoising(loss_case, refweights):
-    """Variants D (injected: 3 denoising draws, then the loss's) and C (paddle.seed)."""
-    fixture, inputs, make_model = loss_case
-    variant = fixture["D_dn100_injected_rng"]
-    model = make_model(100)
-    criterion = mrt.build_criterion(num_classes=model.transformer.num_classes)
+    runs["grads"] = {name: float(paddle.linalg.norm(params[name].grad))
+                     for name in fixture["A_dn0_injected_rng"]["grad_l2_selected"]}
+    runs["grads"]["global"] = sum(float((p.grad.astype("float64") ** 2).sum())
+                                  for p in params.values() if p.grad is not None) ** 0.5
     with pytest.MonkeyPatch.context() as patch:
         count = _reference_rng(patch, refweights)
-        losses = criterion(model(inputs()), inputs())
-    assert count[0] == len(variant["rng_calls"])
-    _assert_losses(losses, variant["losses"], "D")
+        runs["D"] = floats(criterion(make_model(100)(inputs(scale)), inputs(scale)))
+    assert count[0] == len(fixture["D_dn100_injected_rng"]["rng_calls"])
     if "C_dn100_native_seeded" in fixture:
         model = make_model(100)
         paddle.seed(fixture.get("seed", 20240601))
-        _assert_losses(criterion(model(inputs()), inputs()),
-                       fixture["C_dn100_native_seeded"]["losses"], "C")
+        runs["C"] = floats(criterion(model(inputs(scale)), inputs(scale)))
+    return runs
+
+
+def _assert_as_conditioned(runs, part, expected, variant):
+    """Each value within max(CONDITIONING_FACTOR x its movement under the perturbation,
+    RTOL relative) of the fixture's."""
+    ours, moved = runs[1.0][part], [r[part] for s, r in runs.items() if s != 1.0]
+    for key, value in expected.items():
+        movement = max(abs(m[key] - ours[key]) for m in moved)
+        tol = max(CONDITIONING_FACTOR * movement, RTOL * abs(value), 1e-7)
+        assert abs(ours[key] - value) <= tol, (
+            f"{variant} {key}: ours {ours[key]:.8g}, fixture {value:.8g}, off by "
+            f"{abs(ours[key] - value):.3g}; a 1e-6 input change moves it by {movement:.3g}")
+
+
+def test_loss_parity_without_denoising(loss_case, loss_runs):
+    """Variants A (injected random numbers) and B (paddle.seed), and A's gradient norms."""
+    fixture = loss_case[0]
+    if "B_dn0_native_seeded" in fixture:
+        _assert_as_conditioned(loss_runs, "B", fixture["B_dn0_native_seeded"]["losses"], "B")
+    variant = fixture["A_dn0_injected_rng"]
+    _assert_as_conditioned(loss_runs, "A", variant["losses"], "A")
+    _assert_as_conditioned(loss_runs, "grads", {**variant["grad_l2_selected"],
+                                                "global": variant["grad_global_l2"]}, "A grad")
+
+
+def test_loss_parity_with_denoising(loss_case, loss_runs):
+    """Variants D (injected: 3 denoising draws, then the loss's) and C (paddle.seed)."""
+    fixture = loss_case[0]
+    _assert_as_conditioned(loss_runs, "D", fixture["D_dn100_injected_rng"]["losses"], "D")
+    if "C_dn100_native_seeded" in fixture:
+        _assert_as_conditioned(loss_runs, "C", fixture["C_dn100_native_seeded"]["losses"], "C")
+
+
+def test_the_fixture_case_is_well_conditioned_where_it_is_held_to_1e5(loss_case, loss_runs):
+    """The tolerance above is not a blanket one: the giou terms and the denoising aux terms, which
+    the perturbation barely moves, are held to 1e-5, and the last layer's box L1 is the term
+    whose movement shows why a fixed 1e-5 cannot hold for it on another CPU."""
+    fixture, ours = loss_case[0], loss_runs[1.0]["A"]
+    moved = {k: max(abs(r["A"][k] - ours[k]) / abs(ours[k]) for s, r in loss_runs.items()
+                    if s != 1.0) for k in ("loss_giou", "loss_giou_aux", "loss_bbox")}
+    assert moved["loss_giou"] < RTOL and moved["loss_giou_aux"] < RTOL
+    assert moved["loss_bbox"] > 1e-3  # a 1e-6 input change, a > 1e-3 change of the term
+    for key in ("loss_giou", "loss_giou_aux"):
+        expected = fixture["A_dn0_injected_rng"]["losses"][key]
+        assert ours[key] == pytest.approx(expected, rel=RTOL)
