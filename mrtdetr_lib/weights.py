@@ -15,6 +15,7 @@ import numpy as np
 import paddle
 
 from .download import cache_dir, download
+from .files import atomic_write
 
 
 class Official(NamedTuple):
@@ -179,11 +180,12 @@ def pdparams_to_safetensors(src: Union[str, Path], dst: Union[str, Path]) -> Pat
     """Convert a .pdparams (pickle) to .safetensors (plain tensors, safe to load)."""
     from safetensors.numpy import save_file
     state = {k: np.ascontiguousarray(v) for k, v in read_state_dict(src).items()}
-    save_file(state, str(dst))
+    atomic_write(dst, lambda tmp: save_file(state, tmp))
     return Path(dst)
 
 
 def safetensors_to_pdparams(src: Union[str, Path], dst: Union[str, Path]) -> Path:
     """Convert a .safetensors file back to a .pdparams that PaddleDetection reads."""
-    paddle.save(read_state_dict(src), str(dst))
+    state = read_state_dict(src)
+    atomic_write(dst, lambda tmp: paddle.save(state, tmp))
     return Path(dst)

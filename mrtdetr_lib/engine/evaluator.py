@@ -18,6 +18,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from ..data import LoaderWithErrors, load_coco, mask_to_rle
+from ..files import atomic_write
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl",
               "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -26,6 +27,12 @@ IOU_TYPES = {"bbox": "bbox", "mask": "segm"}  # our key -> COCOeval's iouType
 
 def _numpy(value: Any) -> np.ndarray:
     return value.numpy() if isinstance(value, paddle.Tensor) else np.asarray(value)
+
+
+def _dump_json(obj: Any, path: str) -> None:
+    """Write `obj` as json to `path`."""
+    with open(path, "w") as f:
+        json.dump(obj, f)
 
 
 def to_coco_results(outputs: Dict[str, Any], im_ids: Sequence[int],
@@ -74,9 +81,8 @@ class COCOEvaluator:
         os.makedirs(output_dir, exist_ok=True)
         paths = []
         for key, results in self.results.items():
-            paths.append(os.path.join(output_dir, f"{key}.json"))
-            with open(paths[-1], "w") as f:
-                json.dump(results, f)
+            paths.append(atomic_write(os.path.join(output_dir, f"{key}.json"),
+                                      lambda tmp, r=results: _dump_json(r, tmp)))
         return paths
 
     def accumulate(self, verbose: bool = False) -> Dict[str, dict]:
