@@ -1,5 +1,6 @@
 """Shared test fixtures: the PaddleDetection reference folder, quick mode, small helpers."""
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -13,6 +14,15 @@ os.environ.setdefault("GLOG_minloglevel", "2")
 import mrtdetr_lib  # noqa: E402
 
 mrtdetr_lib.setup()  # a program's start: quiet paddle, every core (or MRTDETR_THREADS)
+
+
+def load_script(folder: str, name: str):
+    """Import <checkout>/<folder>/<name>.py as a module (scripts and benchmarks are not a
+    package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def reference_dir() -> Path:

@@ -1,9 +1,9 @@
 """data_scripts/: shapes CLI, data set checker CLI, subsets, COCO download (local server only)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
+import conftest
 import cv2
 import numpy as np
 import pytest
@@ -12,11 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_script(name):
-    """Import data_scripts/<name>.py as a module (they are scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "data_scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """Import data_scripts/<name>.py as a module."""
+    return conftest.load_script("data_scripts", name)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,31 @@
+"""bench/: the training-by-the-clock benchmark and its plot run end to end on a few images."""
+
+import json
+
+import cv2
+from conftest import ROOT, load_script
+
+
+def load_bench(name):
+    """Import bench/<name>.py as a module."""
+    return load_script("bench", name)
+
+
+def test_train_shapes_reports_a_curve_and_plot_curves_draws_it(tmp_path, capsys, monkeypatch):
+    """The shipped 10-minute recipe, cut to 3 steps by `max_iters`: the schedule ends before
+    the clock, so the final evaluation still happens and the JSON line carries it."""
+    monkeypatch.chdir(ROOT)
+    code = load_bench("train_shapes").main([
+        "--minutes", "5", "--eval-every", "5", "-c", "configs/tiny_shapes_10min.yml",
+        "--data", str(tmp_path / "shapes"), "--num-train", "8", "--num-val", "2",
+        "--output-dir", str(tmp_path / "run"), "-o", "train.max_iters=3", "train.seed=1"])
+    assert code == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    result = json.loads(line)
+    assert result["what"] == "train_shapes" and result["iterations"] == 3
+    assert [p["step"] for p in result["curve"]] == [3]
+    assert 0.0 <= result["mask_AP"] <= 1.0 and result["seed"] == 1
+    (tmp_path / "runs.jsonl").write_text(line + "\n")
+    png = tmp_path / "curves.png"
+    assert load_bench("plot_curves").main([str(tmp_path / "runs.jsonl"), "-o", str(png)]) == 0
+    assert cv2.imread(str(png)) is not None
