@@ -20,10 +20,10 @@ import pytest
 import mrtdetr_lib as mrt
 from mrtdetr_lib.course.training import WeightTrace, global_grad_norm, lr_multipliers
 from mrtdetr_lib.data import SeededBatchSampler
+from mrtdetr_lib.engine import Trainer, build_optimizer
 from mrtdetr_lib.engine.checkpoint import atomic_save
 from mrtdetr_lib.engine.ema import ModelEMA, ramped_decay
 from mrtdetr_lib.engine.log import plot_log, read_log
-from mrtdetr_lib.engine.trainer import Trainer, build_optimizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

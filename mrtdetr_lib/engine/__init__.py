@@ -11,7 +11,8 @@ from .evaluator import (
                         summary,
 )
 from .log import plot_log, read_log
-from .trainer import Trainer, build_optimizer
+from .optim import build_optimizer
+from .trainer import Trainer
 
 __all__ = ["COCOEvaluator", "Trainer", "build_optimizer",
            "evaluate", "evaluate_predictor", "format_table", "per_class_table", "plot_log",
