@@ -42,13 +42,14 @@ def _fail(message: str) -> int:
 
 
 def _config(args: argparse.Namespace) -> Config:
-    """-c file or preset, then -o overrides, then the command's flags, then quick mode caps."""
+    """-c file or preset, then -o overrides, then the command's flags, then quick mode caps
+    (for the commands that read a data set: train and eval)."""
     if os.path.isfile(args.config) or args.config.lower() not in ARCHS:
         cfg = load_config(args.config, args.opt)
     else:
         cfg = get_config(args.config)
         cfg = update_config(cfg, parse_overrides(args.opt or [], cfg))
-    if quick_mode():
+    if quick_mode() and args.command in ("train", "eval"):
         cfg.train.max_iters = min(cfg.train.max_iters or QUICK_ITERS, QUICK_ITERS)
         cfg.data.max_images = min(cfg.data.max_images or QUICK_IMAGES, QUICK_IMAGES)
         print(f"quick mode (MRTDETR_QUICK=1): at most {cfg.train.max_iters} steps and "

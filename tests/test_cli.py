@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from mrtdetr_lib import cli
 from mrtdetr_lib.cli import COMMANDS, build_parser, main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,6 +22,16 @@ def _error_line(capsys, argv):
         status = stop.code
     err = capsys.readouterr().err.strip().splitlines()
     return status, [line for line in err if not line.startswith("quick mode")]
+
+
+def test_quick_mode_caps_and_says_so_only_where_data_is_read(capsys):
+    """train and eval read data sets, so quick mode caps them and says so; infer and export
+    read no data set, and a notice there would mean nothing."""
+    for command in ("train", "eval", "infer", "export"):
+        cfg = cli._config(build_parser().parse_args([command, "-c", CONFIG]))
+        said = "quick mode" in capsys.readouterr().err
+        capped = cfg.data.max_images is not None
+        assert said == capped == (command in ("train", "eval")), command
 
 
 def test_ppdet_flags_parse():
