@@ -37,7 +37,18 @@ def train_by_clock(cfg, minutes: float, eval_every: float):
     minutes (the clock stops while evaluating); returns (trainer, curve, eval seconds)."""
     trainer = Trainer(cfg, eval_data=build_dataset(cfg.data, "val"), progress=False)
     budget, every = minutes * 60, eval_every * 60
-    curve, next_eval, eval_seconds = [], every, 0.0
+    curve, next_eval, eval_seconds, loss = [], every, 0.0, float("nan")
+
+    def evaluate(trained: float) -> None:
+        """Add a curve point for the EMA weights; their evaluation stops the clock."""
+        nonlocal eval_seconds
+        start = time.perf_counter()
+        metrics = trainer.evaluate()
+        eval_seconds += time.perf_counter() - start
+        curve.append({"minutes": round(trained / 60, 2), "step": trainer.global_step,
+                      "loss": round(loss, 3), **{k: round(metrics[k], 4) for k in KEYS}})
+        print(json.dumps(curve[-1]), file=sys.stderr, flush=True)
+
     tic = time.perf_counter()
     steps = trainer.run()
     for record in steps:
@@ -46,24 +57,13 @@ def train_by_clock(cfg, minutes: float, eval_every: float):
         loss = record["loss"]
         trained = time.perf_counter() - tic - eval_seconds
         if trained >= min(next_eval, budget):
-            start = time.perf_counter()
-            metrics = trainer.evaluate()
-            eval_seconds += time.perf_counter() - start
-            curve.append({"minutes": round(trained / 60, 2), "step": record["step"],
-                          "loss": round(loss, 3),
-                          **{k: round(metrics[k], 4) for k in KEYS}})
-            print(json.dumps(curve[-1]), file=sys.stderr, flush=True)
+            evaluate(trained)
             next_eval += every
         if trained >= budget:
             break
     steps.close()  # saves the last checkpoint
     if not curve or curve[-1]["step"] != trainer.global_step:  # the schedule ended first
-        start = time.perf_counter()
-        metrics = trainer.evaluate()
-        eval_seconds += time.perf_counter() - start
-        curve.append({"minutes": round((time.perf_counter() - tic - eval_seconds) / 60, 2),
-                      "step": trainer.global_step, "loss": round(loss, 3),
-                      **{k: round(metrics[k], 4) for k in KEYS}})
+        evaluate(time.perf_counter() - tic - eval_seconds)
     return trainer, curve, eval_seconds
 
 

@@ -10,6 +10,7 @@ import contextlib
 import io
 import json
 import os
+from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
@@ -27,12 +28,6 @@ IOU_TYPES = {"bbox": "bbox", "mask": "segm"}  # our key -> COCOeval's iouType
 
 def _numpy(value: Any) -> np.ndarray:
     return value.numpy() if isinstance(value, paddle.Tensor) else np.asarray(value)
-
-
-def _dump_json(obj: Any, path: str) -> None:
-    """Write `obj` as json to `path`."""
-    with open(path, "w") as f:
-        json.dump(obj, f)
 
 
 def to_coco_results(outputs: Dict[str, Any], im_ids: Sequence[int],
@@ -78,12 +73,9 @@ class COCOEvaluator:
 
     def save(self, output_dir: str) -> List[str]:
         """Write `bbox.json` / `mask.json` (ppdet's names) and return their paths."""
-        os.makedirs(output_dir, exist_ok=True)
-        paths = []
-        for key, results in self.results.items():
-            paths.append(atomic_write(os.path.join(output_dir, f"{key}.json"),
-                                      lambda tmp, r=results: _dump_json(r, tmp)))
-        return paths
+        return [atomic_write(os.path.join(output_dir, f"{key}.json"),
+                             lambda tmp, data=results: Path(tmp).write_text(json.dumps(data)))
+                for key, results in self.results.items()]
 
     def accumulate(self, verbose: bool = False) -> Dict[str, dict]:
         """Run COCOeval; per iou type: `stats` (12 numbers, STAT_NAMES), per-class AP, PR curves."""
