@@ -109,6 +109,7 @@ class TrainConfig:
     warmup_steps: int = 2000
     warmup_start_factor: float = 0.001
     lr_schedule: str = "constant"  # after warm-up: "constant" (ppdet's 6x) or "cosine" to 0
+    lr_decay_start: float = 0.0  # cosine: the share of the run at full rate before it decays
     clip_grad_norm: float = 0.1
     use_ema: bool = True
     ema_decay: float = 0.9999

@@ -24,6 +24,7 @@ from mrtdetr_lib.engine import Trainer, build_optimizer
 from mrtdetr_lib.engine.checkpoint import atomic_save
 from mrtdetr_lib.engine.ema import ModelEMA, ramped_decay
 from mrtdetr_lib.engine.log import plot_log, read_log
+from mrtdetr_lib.engine.optim import lr_factor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -130,6 +131,20 @@ def test_cosine_schedule_decays_to_zero_after_the_warmup(toy):
     assert all(b <= a for a, b in zip(lrs[10:], lrs[11:]))  # falls from the warm-up's end on
     with pytest.raises(ValueError, match="lr_schedule"):
         build_optimizer(toy.Toy(), 1e-3, 0, 1, 1.0, 0, schedule="step")
+
+
+def test_cosine_with_a_flat_start_holds_the_rate_then_decays_over_the_rest():
+    factors = [lr_factor(s, 10, 0.1, "cosine", total_steps=100, decay_start=0.6)
+               for s in range(101)]
+    assert factors[0] == pytest.approx(0.1) and factors[10:61] == [1.0] * 51  # warm-up, flat
+    assert factors[80] == pytest.approx(0.5)  # half-way through the last 40 steps
+    assert factors[100] == pytest.approx(0.0, abs=1e-12)
+    assert all(b <= a for a, b in zip(factors[60:], factors[61:]))
+    plain = [lr_factor(s, 10, 0.1, "cosine", 100) for s in range(101)]  # decay_start 0: as before
+    assert plain[50:] == pytest.approx([0.5 * (1 + math.cos(math.pi * s / 100))
+                                        for s in range(50, 101)])
+    with pytest.raises(ValueError, match="lr_decay_start"):
+        lr_factor(0, 10, 0.1, "cosine", 100, decay_start=1.0)
 
 
 def test_adamw_honours_param_lr_multipliers_frozen_params_and_decays_biases(toy):

@@ -21,29 +21,35 @@ def warmup_factor(step: int, steps: int, start: float) -> float:
 
 
 def lr_factor(step: int, warmup_steps: int, start: float, schedule: str = "constant",
-              total_steps: int = 0) -> float:
+              total_steps: int = 0, decay_start: float = 0.0) -> float:
     """Multiplier of base_lr at `step`: the warm-up times "constant" (ppdet's 6x schedule) or
-    "cosine" (ppdet's CosineDecay: half a cosine from 1 to 0 over `total_steps`)."""
+    "cosine" (ppdet's CosineDecay: half a cosine from 1 to 0 over `total_steps`; with
+    `decay_start` f > 0, flat for the first f of the steps, then the cosine over the rest)."""
     factor = warmup_factor(step, warmup_steps, start)
     if schedule == "cosine":
-        factor *= 0.5 * (1 + math.cos(math.pi * min(step / max(total_steps, 1), 1.0)))
+        begin = decay_start * total_steps
+        progress = (step - begin) / max(total_steps - begin, 1)
+        factor *= 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
     elif schedule != "constant":
         raise ValueError(f"train.lr_schedule must be 'constant' or 'cosine', got {schedule!r}")
+    if not 0.0 <= decay_start < 1.0:
+        raise ValueError(f"train.lr_decay_start must be in [0, 1), got {decay_start!r}")
     return factor
 
 
 def build_optimizer(model: nn.Layer, base_lr: float, weight_decay: float, warmup_steps: int,
                     warmup_start_factor: float, clip_grad_norm: float,
-                    schedule: str = "constant", total_steps: int = 0):
+                    schedule: str = "constant", total_steps: int = 0, decay_start: float = 0.0):
     """AdamW over the trainable parameters with ppdet's warmup schedule; returns (opt, sched)."""
     # paddle scales each parameter's step (and its decoupled decay) by ParamAttr learning_rate;
     # passing plain parameters (not groups with a "learning_rate" key) keeps those multipliers.
     params = [p for p in model.parameters() if not p.stop_gradient]
-    lr_factor(0, warmup_steps, warmup_start_factor, schedule, total_steps)  # checks `schedule`
+    # a bad schedule or decay_start fails here, not at the first step
+    lr_factor(0, warmup_steps, warmup_start_factor, schedule, total_steps, decay_start)
     scheduler = paddle.optimizer.lr.LambdaDecay(
         base_lr, functools.partial(lr_factor, warmup_steps=warmup_steps,
                                    start=warmup_start_factor, schedule=schedule,
-                                   total_steps=total_steps))
+                                   total_steps=total_steps, decay_start=decay_start))
     clip = nn.ClipGradByGlobalNorm(clip_grad_norm) if clip_grad_norm > 0 else None
     optimizer = paddle.optimizer.AdamW(learning_rate=scheduler, parameters=params,
                                        weight_decay=weight_decay, grad_clip=clip)

@@ -76,7 +76,7 @@ class Trainer:
         self.sampler = self.loader.batch_sampler
         self.optimizer, self.scheduler = build_optimizer(
             self.model, tc.base_lr, tc.weight_decay, tc.warmup_steps, tc.warmup_start_factor,
-            tc.clip_grad_norm, tc.lr_schedule, self.total_steps)
+            tc.clip_grad_norm, tc.lr_schedule, self.total_steps, tc.lr_decay_start)
         self.ema = (ModelEMA(self.model, tc.ema_decay, tc.ema_filter_no_grad,
                              tc.ema_ramp_steps)
                     if tc.use_ema else None)
