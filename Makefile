@@ -3,7 +3,7 @@
 #   make test     unit tests + `pytest --nbval` over notebooks/ (quick mode); what CI runs
 #   make lab      open JupyterLab on the course
 #   make browser-check  chapter 04's explorer in JupyterLab, driven in headless Chromium
-#   make checkpoint  retrain the shipped course checkpoint from scratch (about 1.5 h on 2 cores)
+#   make checkpoint  retrain the shipped course checkpoint from scratch (about 2 h on 2 cores)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -35,12 +35,14 @@ test: venv
 	MRTDETR_QUICK=1 $(PY) -m pytest -q -p no:cacheprovider tests notebooks --nbval \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 900
 
-# configs/tiny_shapes_course.yml on 3000 shapes images, then packaged into mrtdetr_lib/course/checkpoint
+# the two stages of the course recipe on 3000 shapes images (stage 2 starts from stage 1's
+# best_model), then packaged into mrtdetr_lib/course/checkpoint
 checkpoint: venv
 	$(PY) data_scripts/make_shapes.py --out dataset/shapes_course --train 3000 --val 100
-	rm -rf output/tiny_shapes_course
+	rm -rf output/tiny_shapes_course output/tiny_shapes_course_hires
 	MRTDETR_THREADS=2 $(VENV)/bin/mrtdetr train -c configs/tiny_shapes_course.yml --eval
-	MRTDETR_THREADS=2 $(PY) -m mrtdetr_lib.course.weights output/tiny_shapes_course
+	MRTDETR_THREADS=2 $(VENV)/bin/mrtdetr train -c configs/tiny_shapes_course_hires.yml --eval
+	MRTDETR_THREADS=2 $(PY) -m mrtdetr_lib.course.weights
 
 lab: venv
 	$(VENV)/bin/jupyter lab notebooks

@@ -61,7 +61,8 @@ def test_yaml_round_trip(tmp_path):
         mrt.load_config(str(tmp_path / "missing.yml"))
 
 
-SHIPPED = ["tiny_shapes.yml", "tiny_shapes_10min.yml", "tiny_shapes_course.yml"]
+SHIPPED = ["tiny_shapes.yml", "tiny_shapes_10min.yml", "tiny_shapes_course.yml",
+           "tiny_shapes_course_hires.yml"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)

@@ -2,6 +2,7 @@
 a damaged or foreign file; chapters pick it in quick mode and a full run otherwise."""
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 from safetensors.numpy import save_file
 
 import mrtdetr_lib as mrt
+from mrtdetr_lib.config import load_config
 from mrtdetr_lib.course import weights as course
 from mrtdetr_lib.course.weights import (
     TEST_IMAGES,
@@ -52,7 +54,9 @@ def test_course_checkpoint_is_the_tiny_model_with_its_config():
     tiny = {k: v.shape for k, v in mrt.build_model("tiny").state_dict().items()}
     assert ours == tiny
     meta = json.loads((course_checkpoint().parent / "meta.json").read_text())
-    assert meta["config"] == "configs/tiny_shapes_course.yml" and meta["seed"] == cfg.train.seed
+    assert meta["configs"] == list(course.RECIPE) and meta["seed"] == cfg.train.seed
+    assert cfg.train.pretrain_weights == os.path.join(  # stage 2 starts where stage 1 ended
+        load_config(str(course.ROOT / course.RECIPE[0])).train.output_dir, "best_model.pdparams")
 
 
 def test_damaged_or_foreign_file_fails_clearly(tmp_path):
@@ -101,3 +105,37 @@ def test_relative_data_folder_is_found_in_the_project(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     got = checkpoint_config(run / "best_model.pdparams").data.dataset_dir
     assert got == str(tmp_path / "project" / "dataset" / "shapes")
+
+
+def test_ship_packages_the_last_stage_with_one_log_of_every_stage(tmp_path, monkeypatch):
+    """`make checkpoint`'s last step on two stand-in runs: the last stage's weights and config
+    ship; the log counts steps on across stages and tags each record with its stage."""
+    monkeypatch.setattr(course, "ROOT", tmp_path)
+    make_shapes(str(tmp_path / "data"), num_train=1, num_val=3, progress=False)
+    configs = []
+    for stage, steps in ((1, 4), (2, 2)):
+        cfg = mrt.get_config("tiny")
+        cfg.data.dataset_dir = str(tmp_path / "data")
+        cfg.data.eval_size = cfg.model.eval_size = [96 + 32 * stage] * 2
+        cfg.train.output_dir, cfg.train.log_iter = f"run{stage}", 2
+        mrt.save_config(cfg, str(tmp_path / f"stage{stage}.yml"))
+        configs.append(f"stage{stage}.yml")
+        run = tmp_path / f"run{stage}"
+        run.mkdir()
+        paddle.seed(stage)
+        paddle.save(mrt.build_model(cfg.model).state_dict(), str(run / "best_model.pdparams"))
+        log = [{"kind": "train", "step": s, "epoch": 0, "loss": 10.0 / s} for s in
+               range(1, steps + 1)] + [{"kind": "eval", "step": steps, "epoch": 0, "mask_AP": 0.1}]
+        (run / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    meta = course.ship(configs, tmp_path / "out")
+    assert meta["configs"] == configs and meta["steps"] == 6
+    log = [json.loads(line) for line in open(tmp_path / "out" / "train_log.jsonl")]
+    assert [(r["kind"], r["step"], r["stage"]) for r in log] == [
+        ("train", 2, 1), ("train", 4, 1), ("eval", 4, 1),  # every log_iter-th step, the evals
+        ("train", 6, 2), ("eval", 6, 2)]
+    assert (tmp_path / "out" / "curves.png").stat().st_size > 0
+    shipped = checkpoint_config(tmp_path / "out" / course.WEIGHTS_NAME)
+    assert shipped.data.eval_size == [160, 160]  # stage 2's config
+    ours = dict(load_course_model(tmp_path / "out" / course.WEIGHTS_NAME)[0].state_dict())
+    theirs = paddle.load(str(tmp_path / "run2" / "best_model.pdparams"))
+    assert all(np.array_equal(ours[k].numpy(), theirs[k].numpy()) for k in theirs)

@@ -1,9 +1,10 @@
 """The course's trained weights: the shipped course checkpoint, or your own full run.
 
-`course_checkpoint()` is `tiny` trained from scratch on the shapes data set on 2 CPU cores
-(`configs/tiny_shapes_course.yml`, `make checkpoint` retrains it), shipped with the library as
-package data: `tiny_shapes_course.safetensors`, beside it the `config.yml` it was trained with,
-its `train_log.jsonl`, `curves.png` and `meta.json` (command, seed, steps, mask/box AP).
+`course_checkpoint()` is `tiny` trained from scratch on the shapes data set on 2 CPU cores, in
+two stages (`RECIPE`: 128-192 px, then 160-256 px; `make checkpoint` retrains it), shipped with
+the library as package data: `tiny_shapes_course.safetensors`, beside it the `config.yml` of its
+last stage, the `train_log.jsonl` of both, `curves.png` and `meta.json` (command, seed, steps,
+mask/box AP).
 
 Chapters 02-06 call `course_weights()`: the shipped checkpoint in quick mode (so committed
 outputs are the same on every machine), your own full run of chapter 03 otherwise. A missing
@@ -13,9 +14,8 @@ full run is an error that says how to make one, never a silent fallback.
 import dataclasses
 import json
 import os
-import sys
 from pathlib import Path
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import paddle
 
@@ -30,10 +30,13 @@ PathLike = Union[str, Path]
 ROOT = Path(__file__).resolve().parents[2]  # the project folder (an editable install)
 SHIPPED = Path(__file__).resolve().parent / "checkpoint"
 WEIGHTS_NAME = "tiny_shapes_course.safetensors"
-FULL_RUN = ROOT / "output" / "03_training" / "best_model.pdparams"  # chapter 03, QUICK = 0
+FULL_RUN = ROOT / "output" / "03_training_hires" / "best_model.pdparams"  # chapter 03, QUICK = 0
 # The test (and meta.json) score the first images of the validation split: the quick data set's
 # val split is exactly these (image i depends only on the seed, the split and i).
 TEST_IMAGES = 50
+# `make checkpoint`: the configs it trains, in order (each starts from the one before); the last
+# one's best_model ships. Stage 2 fine-tunes stage 1 at higher resolution (README).
+RECIPE = ("configs/tiny_shapes_course.yml", "configs/tiny_shapes_course_hires.yml")
 
 
 def course_checkpoint() -> Path:
@@ -95,27 +98,31 @@ def score(model: paddle.nn.Layer, cfg: Config, dataset_dir: PathLike,
     return summary(evaluate(model, data, progress=False))
 
 
-def ship(run_dir: PathLike, config: PathLike = ROOT / "configs" / "tiny_shapes_course.yml",
-         out_dir: PathLike = SHIPPED) -> Dict[str, object]:
-    """Package a finished run of `config` as the course checkpoint: best_model as safetensors,
-    the config, the log (every log_iter-th step and every evaluation), the curves, and
-    meta.json with the AP the shipped file reaches on the validation split."""
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
+def ship(configs: Sequence[PathLike] = RECIPE, out_dir: PathLike = SHIPPED) -> Dict[str, object]:
+    """Package the finished runs of `configs` (the stages of one recipe, in order) as the course
+    checkpoint: the last stage's best_model as safetensors and its config, one log of every
+    stage (steps counted on, each record tagged with its `stage`), the curves, and meta.json
+    with the AP the shipped file reaches on the validation split."""
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    weights = pdparams_to_safetensors(run_dir / "best_model.pdparams", out_dir / WEIGHTS_NAME)
+    cfgs = [load_config(str(ROOT / c)) for c in configs]
+    runs = [ROOT / c.train.output_dir for c in cfgs]
+    weights = pdparams_to_safetensors(runs[-1] / "best_model.pdparams", out_dir / WEIGHTS_NAME)
     weights.chmod(0o644)  # safetensors writes 0600; the package is read by everyone
-    cfg = load_config(str(config))
-    save_config(cfg, str(out_dir / "config.yml"))
-    records = read_log(str(run_dir / "train_log.jsonl"))
-    kept = [r for r in records if r["kind"] != "train" or r["step"] % cfg.train.log_iter == 0]
+    save_config(cfgs[-1], str(out_dir / "config.yml"))
+    kept, offset = [], 0
+    for stage, (cfg, run) in enumerate(zip(cfgs, runs), 1):
+        records = read_log(str(run / "train_log.jsonl"))
+        kept += [{**r, "step": r["step"] + offset, "stage": stage} for r in records
+                 if r["kind"] != "train" or r["step"] % cfg.train.log_iter == 0]
+        offset += max(r["step"] for r in records)
     (out_dir / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
     save_curves(str(out_dir / "train_log.jsonl"), str(out_dir / "curves.png"),
-                smooth=cfg.train.log_iter)
+                smooth=cfgs[-1].train.log_iter)
     model, cfg = load_course_model(weights)
     data_dir = cfg.data.dataset_dir  # load_course_model read the same config.yml
-    meta = {"config": str(Path(config).relative_to(ROOT)) if Path(config).is_absolute()
-            else str(config), "seed": cfg.train.seed, "command": "make checkpoint",
-            "steps": max(r["step"] for r in records), "threads": 2,
+    meta = {"configs": [str(c) for c in configs], "seed": cfg.train.seed,
+            "command": "make checkpoint", "steps": offset, "threads": 2,
             "val": {k: round(v, 4) for k, v in score(model, cfg, data_dir).items()},
             f"val_first_{TEST_IMAGES}": {k: round(v, 4) for k, v in
                                          score(model, cfg, data_dir, TEST_IMAGES).items()}}
@@ -123,5 +130,5 @@ def ship(run_dir: PathLike, config: PathLike = ROOT / "configs" / "tiny_shapes_c
     return meta
 
 
-if __name__ == "__main__":  # make checkpoint: python -m mrtdetr_lib.course.weights RUN_DIR
-    print(json.dumps(ship(sys.argv[1]), indent=1))
+if __name__ == "__main__":  # make checkpoint, after training every stage of RECIPE
+    print(json.dumps(ship(), indent=1))

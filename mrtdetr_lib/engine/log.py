@@ -69,6 +69,11 @@ def plot_log(log: Union[str, Iterable[Record]], axes: Any = None, smooth: int = 
         if evals and key in evals[0]:
             axes[1].plot([r["step"] for r in evals], [r[key] for r in evals], "o-", label=key)
     axes[1].set(xlabel="step", ylabel="AP", ylim=(0, 1))
+    for prev, rec in zip(train, train[1:]):  # a log of several stages (`stage` in each record)
+        if rec.get("stage", 1) != prev.get("stage", 1):
+            for ax in axes[:2]:
+                ax.axvline(prev["step"], color="gray", ls="--", lw=1)
+            axes[1].text(prev["step"], 0.03, f" stage {rec['stage']}", color="gray")
     if evals:
         axes[1].legend()
     return axes
