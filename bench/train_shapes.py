@@ -9,11 +9,11 @@ the curve of AP against training minutes. The issue's target: mask AP >= 0.50 wi
 on 2 CPU cores. A benchmark never fails on its numbers.
 
 Without `-c` it trains the `tiny` preset as the notebooks do. `-c configs/tiny_shapes_10min.yml` is
-the fastest recipe measured on 2 cores (batch 8, lr 2e-3 held for 60% of 1050 steps then a
-cosine to 0, no denoising, 30 queries, 160 px, 512 loss points, light augmentation); its curves
-and figures are in the README. If the config sets `train.max_iters`, the run ends there or at the
-budget, whichever comes first, and is evaluated at its end. `bench/plot_curves.py` draws the
-curves of several runs.
+the fastest recipe measured on 2 cores (batch 8, lr 2e-3 held for 60% of 1250 steps then a
+cosine to 0, no denoising, 30 queries, 128-160 px, 512 loss points, light augmentation); its
+curves and figures are in the README. If the config sets `train.max_iters`, the run ends there
+or at the budget, whichever comes first, and is evaluated at its end. `bench/plot_curves.py` draws
+the curves of several runs.
 """
 
 import argparse
