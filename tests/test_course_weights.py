@@ -11,7 +11,6 @@ import pytest
 from safetensors.numpy import save_file
 
 import mrtdetr_lib as mrt
-from mrtdetr_lib.config import load_config
 from mrtdetr_lib.course import weights as course
 from mrtdetr_lib.course.weights import (
     TEST_IMAGES,
@@ -55,8 +54,9 @@ def test_course_checkpoint_is_the_tiny_model_with_its_config():
     assert ours == tiny
     meta = json.loads((course_checkpoint().parent / "meta.json").read_text())
     assert meta["configs"] == list(course.RECIPE) and meta["seed"] == cfg.train.seed
-    assert cfg.train.pretrain_weights == os.path.join(  # stage 2 starts where stage 1 ended
-        load_config(str(course.ROOT / course.RECIPE[0])).train.output_dir, "best_model.pdparams")
+    stage1 = mrt.load_config(str(course.ROOT / course.RECIPE[0]))  # stage 2 starts where it ended
+    assert cfg.train.pretrain_weights == os.path.join(stage1.train.output_dir,
+                                                      "best_model.pdparams")
 
 
 def test_damaged_or_foreign_file_fails_clearly(tmp_path):

@@ -23,6 +23,7 @@ from ..config import Config, load_config, quick_mode, save_config
 from ..data import build_dataset
 from ..engine.evaluator import evaluate, summary
 from ..engine.log import read_log, save_curves
+from ..files import atomic_write
 from ..model.detr import build_model
 from ..weights import load_pretrained, pdparams_to_safetensors
 
@@ -116,7 +117,8 @@ def ship(configs: Sequence[PathLike] = RECIPE, out_dir: PathLike = SHIPPED) -> D
         kept += [{**r, "step": r["step"] + offset, "stage": stage} for r in records
                  if r["kind"] != "train" or r["step"] % cfg.train.log_iter == 0]
         offset += max(r["step"] for r in records)
-    (out_dir / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    log_text = "".join(json.dumps(r) + "\n" for r in kept)  # a kill never leaves half a file
+    atomic_write(out_dir / "train_log.jsonl", lambda tmp: Path(tmp).write_text(log_text))
     save_curves(str(out_dir / "train_log.jsonl"), str(out_dir / "curves.png"),
                 smooth=cfgs[-1].train.log_iter)
     model, cfg = load_course_model(weights)
@@ -126,7 +128,8 @@ def ship(configs: Sequence[PathLike] = RECIPE, out_dir: PathLike = SHIPPED) -> D
             "val": {k: round(v, 4) for k, v in score(model, cfg, data_dir).items()},
             f"val_first_{TEST_IMAGES}": {k: round(v, 4) for k, v in
                                          score(model, cfg, data_dir, TEST_IMAGES).items()}}
-    (out_dir / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    meta_text = json.dumps(meta, indent=1) + "\n"
+    atomic_write(out_dir / "meta.json", lambda tmp: Path(tmp).write_text(meta_text))
     return meta
 
 
