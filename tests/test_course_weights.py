@@ -127,6 +127,12 @@ def test_ship_packages_the_last_stage_with_one_log_of_every_stage(tmp_path, monk
         log = [{"kind": "train", "step": s, "epoch": 0, "loss": 10.0 / s} for s in
                range(1, steps + 1)] + [{"kind": "eval", "step": steps, "epoch": 0, "mask_AP": 0.1}]
         (run / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    best = tmp_path / "run2" / "best_model.pdparams"
+    best.rename(best.with_suffix(".bak"))  # stage 2 not trained yet: a clear error, nothing written
+    with pytest.raises(FileNotFoundError, match="stage2.yml has no finished run"):
+        course.ship(configs, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    best.with_suffix(".bak").rename(best)
     meta = course.ship(configs, tmp_path / "out")
     assert meta["configs"] == configs and meta["steps"] == 6
     log = [json.loads(line) for line in open(tmp_path / "out" / "train_log.jsonl")]

@@ -104,10 +104,14 @@ def ship(configs: Sequence[PathLike] = RECIPE, out_dir: PathLike = SHIPPED) -> D
     checkpoint: the last stage's best_model as safetensors and its config, one log of every
     stage (steps counted on, each record tagged with its `stage`), the curves, and meta.json
     with the AP the shipped file reaches on the validation split."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     cfgs = [load_config(str(ROOT / c)) for c in configs]
     runs = [ROOT / c.train.output_dir for c in cfgs]
+    for config, run in zip(configs, runs):
+        if not (run / "best_model.pdparams").is_file():
+            raise FileNotFoundError(f"{config} has no finished run: {run / 'best_model.pdparams'} "
+                                    "is missing (train every stage first: make checkpoint)")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     weights = pdparams_to_safetensors(runs[-1] / "best_model.pdparams", out_dir / WEIGHTS_NAME)
     weights.chmod(0o644)  # safetensors writes 0600; the package is read by everyone
     save_config(cfgs[-1], str(out_dir / "config.yml"))
