@@ -29,3 +29,19 @@ def test_train_shapes_reports_a_curve_and_plot_curves_draws_it(tmp_path, capsys,
     png = tmp_path / "curves.png"
     assert load_bench("plot_curves").main([str(tmp_path / "runs.jsonl"), "-o", str(png)]) == 0
     assert cv2.imread(str(png)) is not None
+
+
+def test_train_shapes_as_two_processes_reports_rank_0s_line(tmp_path, capsys, monkeypatch):
+    """`--procs 2`: the script relaunches itself under paddle.distributed.launch (gloo); the
+    ranks stop at the same step (the schedule's end here) and rank 0's JSON line is printed."""
+    monkeypatch.chdir(ROOT)
+    code = load_bench("train_shapes").main([
+        "--minutes", "5", "--eval-every", "5", "-c", "configs/tiny_shapes_10min.yml",
+        "--procs", "2", "--data", str(tmp_path / "shapes"), "--num-train", "8",
+        "--num-val", "2", "--output-dir", str(tmp_path / "run"),
+        "-o", "train.max_iters=3", "data.batch_size=2"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["procs"] == 2 and result["iterations"] == 3
+    assert [p["step"] for p in result["curve"]] == [3]
+    assert result["epochs"] == 1.5  # 8 images, 2 a process: 2 steps an epoch

@@ -533,6 +533,19 @@ def test_tiny_model_two_processes_with_gloo_on_cpu(shapes, tmp_path):
     assert paddle.load(str(tmp_path / "out" / "last.pdckpt"))["global_step"] == 2
 
 
+def test_each_launched_process_takes_its_share_of_the_cores(monkeypatch):
+    """Under paddle.distributed.launch the default thread count splits this machine's cores among
+    its PADDLE_LOCAL_SIZE processes: on 2 cores, 2 processes of 1 thread, not 2 of 2 that fight."""
+    from mrtdetr_lib.runtime import cores_per_process
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.delenv("PADDLE_LOCAL_SIZE", raising=False)
+    assert cores_per_process() == 8
+    monkeypatch.setenv("PADDLE_LOCAL_SIZE", "2")
+    assert cores_per_process() == 4
+    monkeypatch.setenv("PADDLE_LOCAL_SIZE", "16")
+    assert cores_per_process() == 1
+
+
 def test_backbone_weights_start_the_backbone_from_a_local_file(shapes, tmp_path):
     """train.backbone_weights: PaddleDetection's start from an ImageNet PP-HGNetV2 file (here a
     local one; the sizes s..h name the official downloads)."""
