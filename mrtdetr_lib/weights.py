@@ -85,6 +85,8 @@ def read_state_dict(path: Union[str, Path]) -> Dict[str, np.ndarray]:
     from safetensors.numpy import load_file
 
     path = Path(path)
+    if not path.is_file():  # else paddle's own error would read like a damaged file
+        raise FileNotFoundError(f"weights file not found: {path}")
     try:
         if path.suffix == ".safetensors":
             return load_file(str(path))

@@ -115,6 +115,9 @@ def test_corrupt_and_missing_files(tiny_file, tmp_path):
         W.read_state_dict(junk)
     with pytest.raises(FileNotFoundError, match="nowhere.pdparams"):
         W.load_pretrained(_tiny(), str(tmp_path / "nowhere.pdparams"))
+    for missing in ("gone.pdparams", "gone.safetensors"):  # not "truncated ... download again"
+        with pytest.raises(FileNotFoundError, match=f"not found: .*{missing}"):
+            W.read_state_dict(tmp_path / missing)
 
 
 def test_download_from_a_local_server_into_the_cache(tiny_file, tmp_path, monkeypatch):
