@@ -1,6 +1,7 @@
 """Plot the mask AP curves of `bench/train_shapes.py` runs (its JSON lines) against minutes.
 
-    python bench/train_shapes.py --minutes 10 --procs 2 -c configs/tiny_shapes_10min.yml >> runs.jsonl
+    python bench/train_shapes.py --minutes 10 --procs 2 -c configs/tiny_shapes_10min.yml \
+        >> runs.jsonl
     python bench/plot_curves.py runs.jsonl -o curves.png [--target 0.5]
 
 One line per run, labelled with its seed and final mask AP; a dashed line marks the target.

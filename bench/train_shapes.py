@@ -46,8 +46,8 @@ KEYS = ("mask_AP", "mask_AP50", "bbox_AP", "bbox_AP50")
 def train_by_clock(cfg, minutes: float, eval_every: float):
     """Train for `minutes` of training time, evaluating the EMA weights every `eval_every`
     minutes (the clock stops while evaluating); returns (trainer, curve, eval seconds)."""
-    main_rank = dist.get_rank() == 0  # only rank 0 evaluates
-    trainer = Trainer(cfg, eval_data=build_dataset(cfg.data, "val") if main_rank else None,
+    evaluates = dist.get_rank() == 0  # rank 0 alone: the trainer's is_main
+    trainer = Trainer(cfg, eval_data=build_dataset(cfg.data, "val") if evaluates else None,
                       progress=False)
     budget, every = minutes * 60, eval_every * 60
     curve, next_eval, eval_seconds, loss = [], every, 0.0, float("nan")
@@ -55,7 +55,7 @@ def train_by_clock(cfg, minutes: float, eval_every: float):
     def evaluate(trained: float) -> None:
         """Add a curve point for the EMA weights; their evaluation stops the clock."""
         nonlocal eval_seconds
-        if not main_rank:  # the others wait for it in the next step's gradient all-reduce
+        if not trainer.is_main:  # the others wait for it in the next step's gradient all-reduce
             return
         start = time.perf_counter()
         metrics = trainer.evaluate()
@@ -134,21 +134,23 @@ def main(argv=None) -> int:
                         help="config overrides, e.g. -o base_lr=1e-3 model.num_queries=50")
     args = parser.parse_args(argv)
 
-    make_shapes(args.data, args.num_train, args.num_val, progress=False)  # once, before any rank
-    if args.procs > 1 and "PADDLE_TRAINER_ID" not in os.environ:
-        return launch(args.procs, sys.argv[1:] if argv is None else list(argv))
-    threads = max(1, args.threads // args.procs)
-    mrt.setup(threads)
+    if "PADDLE_TRAINER_ID" not in os.environ:  # not a rank that launch() started
+        make_shapes(args.data, args.num_train, args.num_val, progress=False)
+        args.output_dir = args.output_dir or tempfile.mkdtemp(prefix="train_shapes_")
+        if args.procs > 1:  # the ranks share the data set and the output folder made here
+            argv = sys.argv[1:] if argv is None else list(argv)
+            return launch(args.procs, argv + ["--output-dir", args.output_dir])
+    mrt.setup(max(1, args.threads // args.procs))
     cfg = load_config(args.config) if args.config else mrt.get_config("tiny")
     cfg.data.dataset_dir = args.data
-    cfg.train.output_dir = args.output_dir or tempfile.mkdtemp(prefix="train_shapes_")
+    cfg.train.output_dir = args.output_dir
     # the clock decides (or the config's `max_iters`, which a cosine schedule decays over)
     cfg.train.epochs, cfg.train.eval = 10**6, False
     cfg = update_config(cfg, parse_overrides(args.opt, cfg))
 
     with contextlib.redirect_stdout(sys.stderr):  # the trainer's text log; stdout is the JSON
         trainer, curve, eval_seconds = train_by_clock(cfg, args.minutes, args.eval_every)
-    if dist.get_rank() != 0:
+    if not trainer.is_main:
         return 0
     final = curve[-1]
     line = json.dumps({"what": "train_shapes", "config": args.config or "tiny",

@@ -25,6 +25,8 @@ def lr_factor(step: int, warmup_steps: int, start: float, schedule: str = "const
     """Multiplier of base_lr at `step`: the warm-up times "constant" (ppdet's 6x schedule) or
     "cosine" (ppdet's CosineDecay: half a cosine from 1 to 0 over `total_steps`; with
     `decay_start` f > 0, flat for the first f of the steps, then the cosine over the rest)."""
+    if not 0.0 <= decay_start < 1.0:
+        raise ValueError(f"train.lr_decay_start must be in [0, 1), got {decay_start!r}")
     factor = warmup_factor(step, warmup_steps, start)
     if schedule == "cosine":
         begin = decay_start * total_steps
@@ -32,8 +34,6 @@ def lr_factor(step: int, warmup_steps: int, start: float, schedule: str = "const
         factor *= 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
     elif schedule != "constant":
         raise ValueError(f"train.lr_schedule must be 'constant' or 'cosine', got {schedule!r}")
-    if not 0.0 <= decay_start < 1.0:
-        raise ValueError(f"train.lr_decay_start must be in [0, 1), got {decay_start!r}")
     return factor
 
 
