@@ -133,6 +133,9 @@ def main(argv=None) -> int:
     parser.add_argument("-o", "--opt", nargs="+", action="extend", default=[],
                         help="config overrides, e.g. -o base_lr=1e-3 model.num_queries=50")
     args = parser.parse_args(argv)
+    if args.procs < 1 or args.threads < args.procs:
+        parser.error(f"--procs must be at least 1 and at most --threads ({args.threads}), "
+                     f"got {args.procs}")
 
     if "PADDLE_TRAINER_ID" not in os.environ:  # not a rank that launch() started
         make_shapes(args.data, args.num_train, args.num_val, progress=False)

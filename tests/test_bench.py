@@ -3,6 +3,7 @@
 import json
 
 import cv2
+import pytest
 from conftest import ROOT, load_script
 
 
@@ -45,3 +46,12 @@ def test_train_shapes_as_two_processes_reports_rank_0s_line(tmp_path, capsys, mo
     assert result["procs"] == 2 and result["iterations"] == 3
     assert [p["step"] for p in result["curve"]] == [3]
     assert result["epochs"] == 1.5  # 8 images, 2 a process: 2 steps an epoch
+
+
+def test_train_shapes_refuses_a_process_count_its_threads_cannot_feed(capsys):
+    for procs in ("0", "3"):  # --threads defaults to 2: one thread a process at least
+        with pytest.raises(SystemExit) as exit_:
+            load_bench("train_shapes").main(["--procs", procs])
+        assert exit_.value.code == 2
+        assert f"--procs must be at least 1 and at most --threads (2), got {procs}" in (
+            capsys.readouterr().err)
