@@ -98,10 +98,6 @@ def _train(args: argparse.Namespace, cfg: Config) -> int:
 
 
 # ---------------------------------------------------------------- eval
-def _eval_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--amp", action="store_true", help="accepted as in ppdet; no effect on CPU")
-
-
 def _eval(args: argparse.Namespace, cfg: Config) -> int:
     from .data import build_dataset
     from .engine import evaluate, summary
@@ -169,7 +165,7 @@ def _trt_option(argv: List[str]) -> List[str]:
 # name -> (help, add arguments, run).
 COMMANDS: Dict[str, Tuple[str, Callable, Callable]] = {
     "train": ("train a model (tools/train.py)", _train_args, _train),
-    "eval": ("COCO box and mask AP of trained weights (tools/eval.py)", _eval_args, _eval),
+    "eval": ("COCO box and mask AP of trained weights (tools/eval.py)", lambda p: None, _eval),
     "infer": ("draw predicted instances on images (tools/infer.py)", _infer_args, _infer),
     "export": ("Paddle inference model + ONNX (+ TensorRT) in exports/ (tools/export_model.py)",
                _export_args, _export),

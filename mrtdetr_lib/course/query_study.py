@@ -111,11 +111,6 @@ def build_setting(cfg: ModelConfig, setting: Dict[str, int],
     return model
 
 
-def median_latency(predict: Callable[[], Any], runs: int = 10, warmup: int = 2) -> float:
-    """Median wall time of `predict()` in milliseconds, after `warmup` untimed calls."""
-    return 1000 * float(np.median(timed(predict, warmup, runs)))
-
-
 def interleaved_times(predictors: Sequence[Callable[[], Any]], runs: int = 20,
                       warmup: int = 2) -> np.ndarray:
     """Milliseconds [len(predictors), runs]: every predictor warmed up `warmup` times first,

@@ -131,7 +131,6 @@ class OnnxPredictor:
         self.session = ort.InferenceSession(str(onnx_path), options,
                                             providers=providers or ["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
-        self.batch = self.session.get_inputs()[0].shape[0]
 
     def __call__(self, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         """inputs: image [B, 3, H, W] (+ im_shape, scale_factor unless baked), numpy float32."""

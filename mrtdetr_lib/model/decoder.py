@@ -56,18 +56,15 @@ class TransformerDecoderLayer(nn.Layer):
     """Post-norm decoder layer: self-attention -> deformable cross-attention -> FFN."""
 
     def __init__(self, d_model: int = 256, n_head: int = 8, dim_feedforward: int = 1024,
-                 dropout: float = 0.0, activation: str = "relu", n_levels: int = 4,
-                 n_points: int = 4):
+                 n_levels: int = 4, n_points: int = 4):
         super().__init__()
-        self.self_attn = MultiHeadAttention(d_model, n_head, dropout=dropout)
+        self.self_attn = MultiHeadAttention(d_model, n_head)
         self.norm1 = _layer_norm(d_model)
         self.cross_attn = PPMSDeformableAttention(d_model, n_head, n_levels, n_points, 1.0)
         self.norm2 = _layer_norm(d_model)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
-        self.activation = getattr(F, activation)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
         self.norm3 = _layer_norm(d_model)
-        self.dropout = nn.Dropout(dropout)
         for linear in (self.linear1, self.linear2):
             linear_init_(linear)
             xavier_uniform_(linear.weight)
@@ -80,12 +77,12 @@ class TransformerDecoderLayer(nn.Layer):
         attn_mask additive [Q, Q] or None, query_pos_embed [B, Q, D] -> [B, Q, D]."""
         q = k = content + query_pos_embed  # position goes into queries/keys, not values
         attended = self.self_attn(q, k, content, attn_mask=attn_mask)
-        content = self.norm1(content + self.dropout(attended))
+        content = self.norm1(content + attended)
         cross = self.cross_attn(content + query_pos_embed, reference_boxes, memory,
                                 spatial_shapes)
-        content = self.norm2(content + self.dropout(cross))
-        ffn = self.linear2(self.dropout(self.activation(self.linear1(content))))
-        return self.norm3(content + self.dropout(ffn))
+        content = self.norm2(content + cross)
+        ffn = self.linear2(F.relu(self.linear1(content)))
+        return self.norm3(content + ffn)
 
 
 class MaskTransformerDecoder(nn.Layer):
@@ -132,17 +129,17 @@ class MaskRTDETRTransformer(nn.Layer):
                  backbone_feat_channels: Sequence[int] = (512, 1024, 2048),
                  feat_strides: Sequence[int] = (8, 16, 32), num_prototypes: int = 32,
                  num_levels: int = 3, num_decoder_points: int = 4, nhead: int = 8,
-                 num_decoder_layers: int = 6, dim_feedforward: int = 1024, dropout: float = 0.0,
-                 activation: str = "relu", num_denoising: int = 100,
+                 num_decoder_layers: int = 6, dim_feedforward: int = 1024,
+                 num_denoising: int = 100,
                  label_noise_ratio: float = 0.4, box_noise_scale: float = 0.4,
                  mask_enhanced: bool = True, eval_size: Optional[Sequence[int]] = None,
-                 eval_idx: int = -1, eps: float = 1e-2):
+                 eval_idx: int = -1):
         super().__init__()
         if len(backbone_feat_channels) != num_levels or len(feat_strides) != num_levels:
             raise ValueError(f"MaskRTDETRTransformer needs {num_levels} levels, got channels "
                              f"{list(backbone_feat_channels)} and strides {list(feat_strides)}")
         self.num_classes, self.hidden_dim, self.num_queries = num_classes, hidden_dim, num_queries
-        self.feat_strides, self.eps = list(feat_strides), eps
+        self.feat_strides = list(feat_strides)
         self.num_denoising, self.label_noise_ratio = num_denoising, label_noise_ratio
         self.box_noise_scale, self.mask_enhanced = box_noise_scale, mask_enhanced
         self.eval_size = tuple(eval_size) if eval_size else None
@@ -154,8 +151,7 @@ class MaskRTDETRTransformer(nn.Layer):
             for c in backbone_feat_channels)
         self.decoder = MaskTransformerDecoder(
             num_decoder_layers, eval_idx, d_model=hidden_dim, n_head=nhead,
-            dim_feedforward=dim_feedforward, dropout=dropout, activation=activation,
-            n_levels=num_levels, n_points=num_decoder_points)
+            dim_feedforward=dim_feedforward, n_levels=num_levels, n_points=num_decoder_points)
         self.denoising_class_embed = nn.Embedding(
             num_classes, hidden_dim, weight_attr=ParamAttr(initializer=nn.initializer.Normal()))
         self.query_pos_head = MLP(4, 2 * hidden_dim, hidden_dim, num_layers=2)
@@ -169,7 +165,7 @@ class MaskRTDETRTransformer(nn.Layer):
         if self.eval_size:  # precomputed for export; buffers outside the state_dict
             self.eval_shapes = [(self.eval_size[0] // s, self.eval_size[1] // s)
                                 for s in self.feat_strides]
-            anchors, valid_mask = generate_anchors(self.eval_shapes, eps=eps)
+            anchors, valid_mask = generate_anchors(self.eval_shapes)
             self.register_buffer("anchors", anchors, persistable=False)
             self.register_buffer("valid_mask", valid_mask, persistable=False)
 
@@ -202,7 +198,7 @@ class MaskRTDETRTransformer(nn.Layer):
     def anchors_for(self, spatial_shapes: Shapes) -> Tuple[paddle.Tensor, paddle.Tensor]:
         """(anchors [1, S, 4], valid_mask [1, S, 1]): precomputed in eval with eval_size."""
         if self.training or self.eval_size is None:
-            return generate_anchors(spatial_shapes, eps=self.eps)
+            return generate_anchors(spatial_shapes)
         if [tuple(s) for s in spatial_shapes] != self.eval_shapes:
             raise ValueError(f"input of feature sizes {spatial_shapes} does not match eval_size "
                              f"{self.eval_size}; build the model with eval_size=None (any "

@@ -95,25 +95,22 @@ class CSPRepLayer(nn.Layer):
 class TransformerLayer(nn.Layer):
     """Post-norm transformer encoder layer: attention (q = k = x + pos, v = x), then an FFN."""
 
-    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 1024,
-                 dropout: float = 0.0, activation: str = "gelu"):
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 1024):
         super().__init__()
-        self.self_attn = MultiHeadAttention(d_model, nhead, dropout)
+        self.self_attn = MultiHeadAttention(d_model, nhead)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
-        self.activation = getattr(F, activation)  # "gelu" is the exact (erf) GELU
         linear_init_(self.linear1)
         linear_init_(self.linear2)
 
     def forward(self, src: paddle.Tensor, pos_embed: paddle.Tensor) -> paddle.Tensor:
         """src [B, S, D], pos_embed [1, S, D] -> [B, S, D]."""
         query = src + pos_embed
-        src = self.norm1(src + self.dropout(self.self_attn(query, query, src)))
-        hidden = self.dropout(self.activation(self.linear1(src)))
-        return self.norm2(src + self.dropout(self.linear2(hidden)))
+        src = self.norm1(src + self.self_attn(query, query, src))
+        hidden = F.gelu(self.linear1(src))  # the exact (erf) GELU, as ppdet's "gelu"
+        return self.norm2(src + self.linear2(hidden))
 
 
 class TransformerEncoder(nn.Layer):
@@ -203,7 +200,7 @@ class MaskHybridEncoder(nn.Layer):
     def __init__(self, in_channels: Sequence[int], feat_strides: Sequence[int] = (4, 8, 16, 32),
                  hidden_dim: int = 256, use_encoder_idx: Sequence[int] = (3,),
                  num_encoder_layers: int = 1, nhead: int = 8, dim_feedforward: int = 1024,
-                 dropout: float = 0.0, activation: str = "gelu", num_prototypes: int = 32,
+                 num_prototypes: int = 32,
                  pe_temperature: int = 10000, expansion: float = 1.0, depth_mult: float = 1.0,
                  mask_feat_channels: Sequence[int] = (64, 64),
                  eval_size: Optional[Sequence[int]] = None):
@@ -223,8 +220,7 @@ class MaskHybridEncoder(nn.Layer):
             for c in in_channels)
         self.encoder = nn.LayerList(
             TransformerEncoder(num_encoder_layers, d_model=hidden_dim, nhead=nhead,
-                               dim_feedforward=dim_feedforward, dropout=dropout,
-                               activation=activation)
+                               dim_feedforward=dim_feedforward)
             for _ in self.use_encoder_idx)
         # top-down FPN (coarse to fine) and bottom-up PAN (fine to coarse): num_levels - 1 each
         self.lateral_convs = nn.LayerList(BaseConv(hidden_dim, hidden_dim, 1)

@@ -61,12 +61,11 @@ class MultiHeadAttention(nn.Layer):
     `in_proj_weight` is [D, 3D]: columns 0:D project the query, D:2D the key, 2D:3D the value.
     """
 
-    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0):
+    def __init__(self, embed_dim: int, num_heads: int):
         super().__init__()
         assert embed_dim % num_heads == 0, "embed_dim must be divisible by num_heads"
         self.embed_dim, self.num_heads = embed_dim, num_heads
         self.head_dim = embed_dim // num_heads
-        self.dropout = dropout
         self.in_proj_weight = self.create_parameter([embed_dim, 3 * embed_dim])
         self.in_proj_bias = self.create_parameter([3 * embed_dim], is_bias=True)
         self.out_proj = nn.Linear(embed_dim, embed_dim)
@@ -89,7 +88,5 @@ class MultiHeadAttention(nn.Layer):
         if attn_mask is not None:
             scores = scores + attn_mask  # 0 where allowed, -inf where masked
         weights = F.softmax(scores, axis=-1)
-        if self.dropout:
-            weights = F.dropout(weights, self.dropout, training=self.training)
         out = paddle.matmul(weights, v).transpose([0, 2, 1, 3])  # [B, Sq, heads, D/heads]
         return self.out_proj(out.reshape([0, 0, self.embed_dim]))
