@@ -122,7 +122,9 @@ class TrainConfig:
     log_iter: int = 20
     output_dir: str = "output"
     seed: int = 0
-    pretrain_weights: Optional[str] = None  # whole-model path or URL loaded before training
+    # whole model loaded before training: a path, a URL, an official size (l) or "course";
+    # the class tensors are re-initialised when num_classes differs (fine-tuning)
+    pretrain_weights: Optional[str] = None
     # ImageNet PP-HGNetV2 for the backbone alone (ppdet's start of a COCO run): a path, a URL or
     # a size s/m/l/x/h of weights.PRETRAINED_BACKBONES
     backbone_weights: Optional[str] = None

@@ -9,7 +9,7 @@ import math
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, NamedTuple, Sequence, Union
+from typing import Dict, List, Mapping, NamedTuple, Sequence, Tuple, Union
 
 import numpy as np
 import paddle
@@ -42,9 +42,13 @@ PRETRAINED_BACKBONES: Dict[str, str] = {
     "x": _CLAS + "PPHGNetV2_B5_ssld_stage1_pretrained.pdparams",
     "h": _DET + "PPHGNetV2_H_ssld_pretrained.pdparams",
 }
-# Tensors whose shape follows num_classes: skipped when fine-tuning on other classes.
+# Tensors whose shape follows num_classes: re-initialised when fine-tuning on other classes.
 CLASS_DEPENDENT = ("transformer.score_head.weight", "transformer.score_head.bias",
                    "transformer.denoising_class_embed.weight")
+# The course checkpoint (`tiny` trained on the shapes), package data of mrtdetr_lib.course. Its
+# path lives here so that `pretrain_weights: course` resolves without importing the course package.
+COURSE_CHECKPOINT = (Path(__file__).resolve().parent / "course" / "checkpoint"
+                     / "tiny_shapes_course.safetensors")
 
 
 class WeightsMismatchError(ValueError):
@@ -55,17 +59,26 @@ class WeightsMismatchError(ValueError):
 class LoadReport:
     source: str
     loaded: int = 0
-    skipped: List[str] = field(default_factory=list)
+    skipped: List[str] = field(default_factory=list)  # class tensors left at the model's init
+    classes: Tuple[int, int] = (0, 0)  # (model, file) numbers of classes, when they differ
 
     def __str__(self) -> str:
         text = f"loaded {self.loaded} tensors from {self.source}"
-        return text + (f", skipped {', '.join(self.skipped)}" if self.skipped else "")
+        if not self.skipped:
+            return text
+        return (text + f"; re-initialised for {self.classes[0]} classes (file has "
+                f"{self.classes[1]}): {', '.join(self.skipped)}")
 
 
 def resolve(path_or_url: str, progress: bool = True) -> Path:
-    """A local file for a path, a URL (downloaded once into the cache) or an official name
-    ("l" or "mask_rtdetr_hgnetv2_l_6x_coco")."""
+    """A local file for a path, a URL (downloaded once into the cache), an official name
+    ("l" or "mask_rtdetr_hgnetv2_l_6x_coco") or "course" (the course checkpoint)."""
     name = str(path_or_url).lower().removesuffix(".pdparams")
+    if name == "course":
+        if not COURSE_CHECKPOINT.is_file():
+            raise FileNotFoundError(f"the course checkpoint is missing: {COURSE_CHECKPOINT} (a "
+                                    "broken install? `make checkpoint` trains it again)")
+        return COURSE_CHECKPOINT
     for arch, official in OFFICIAL.items():
         if name in (arch, f"mask_rtdetr_hgnetv2_{arch}_6x_coco"):
             path_or_url = official.url
@@ -74,8 +87,8 @@ def resolve(path_or_url: str, progress: bool = True) -> Path:
         return download(text, cache_dir() / text.rstrip("/").rsplit("/", 1)[-1], progress=progress)
     path = Path(text).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path} (give a path, a URL or one of "
-                                f"{', '.join(OFFICIAL)})")
+        raise FileNotFoundError(f"weights file not found: {path} (give a path, a URL, course "
+                                f"or one of {', '.join(OFFICIAL)})")
     return path
 
 
@@ -132,8 +145,9 @@ def count_parameters(model_or_shapes: Union[paddle.nn.Layer, Mapping[str, Sequen
 def load_pretrained(model: paddle.nn.Layer, path_or_url: str, strict: bool = True,
                     skip_mismatch_classes: bool = False, progress: bool = True) -> LoadReport:
     """Load weights into `model`; any missing, unexpected or mis-shaped key raises one error
-    that lists them all. `skip_mismatch_classes` keeps the model's own class-dependent tensors
-    when their shape differs (fine-tuning a COCO model on other classes)."""
+    that lists them all. `skip_mismatch_classes` keeps the model's own (freshly initialised)
+    class-dependent tensors when their shape differs: fine-tuning a COCO model on other classes;
+    the report then names them and both numbers of classes."""
     path = resolve(path_or_url, progress)
     loaded = read_state_dict(path)
     model_state = model.state_dict()
@@ -142,6 +156,9 @@ def load_pretrained(model: paddle.nn.Layer, path_or_url: str, strict: bool = Tru
     if skip_mismatch_classes:
         report.skipped = [k for k, _, _ in shapes if k in CLASS_DEPENDENT]
         shapes = [s for s in shapes if s[0] not in CLASS_DEPENDENT]
+        bias = "transformer.score_head.bias"  # [K]: its length is the number of classes
+        if report.skipped and bias in loaded and bias in model_state:
+            report.classes = (int(model_state[bias].shape[0]), int(loaded[bias].shape[0]))
     problems = []
     if shapes:
         shapes_text = [f"{k} file {a} model {b}" for k, a, b in shapes]

@@ -25,12 +25,12 @@ from ..engine.evaluator import evaluate, summary
 from ..engine.log import read_log, save_curves
 from ..files import atomic_write
 from ..model.detr import build_model
-from ..weights import load_pretrained, pdparams_to_safetensors
+from ..weights import COURSE_CHECKPOINT, load_pretrained, pdparams_to_safetensors
 
 PathLike = Union[str, Path]
 ROOT = Path(__file__).resolve().parents[2]  # the project folder (an editable install)
-SHIPPED = Path(__file__).resolve().parent / "checkpoint"
-WEIGHTS_NAME = "tiny_shapes_course.safetensors"
+SHIPPED = COURSE_CHECKPOINT.parent  # package data; the core knows its path ("course")
+WEIGHTS_NAME = COURSE_CHECKPOINT.name
 FULL_RUN = ROOT / "output" / "03_training_hires" / "best_model.pdparams"  # chapter 03, QUICK = 0
 # The test (and meta.json) score the first images of the validation split: the quick data set's
 # val split is exactly these (image i depends only on the seed, the split and i).

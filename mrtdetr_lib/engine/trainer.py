@@ -35,6 +35,7 @@ from ..loss.criterion import build_criterion
 from ..model.detr import build_model
 from ..weights import load_backbone, load_pretrained
 from .checkpoint import atomic_save, optimizer_state, rng_state, set_optimizer_state, set_rng_state
+from .diagnose import collapse_problem, stuck_problem
 from .ema import ModelEMA
 from .evaluator import evaluate, summary
 from .log import JsonLinesLog, Record, save_curves
@@ -70,7 +71,9 @@ class Trainer:
         if tc.backbone_weights and not tc.resume:
             self._print(str(load_backbone(self.model, tc.backbone_weights)))
         if tc.pretrain_weights and not tc.resume:
-            load_pretrained(self.model, tc.pretrain_weights)
+            # fine-tuning on other classes: the class tensors stay fresh, one line says which
+            self._print(str(load_pretrained(self.model, tc.pretrain_weights,
+                                            skip_mismatch_classes=True)))
         self.loader = build_loader(cfg, "train", dataset=self.train_data, rank=self.rank,
                                    world_size=self.world)
         self.sampler = self.loader.batch_sampler
@@ -94,6 +97,7 @@ class Trainer:
                                      "step": None}
         self.stop_reason: Optional[str] = None
         self.last_eval_step: Optional[int] = None
+        self.health = _Health()
         if tc.resume:
             self.load_checkpoint(tc.resume)
         if self.is_main:  # the log holds this run's steps only, once each
@@ -165,7 +169,8 @@ class Trainer:
     def _train_step(self, net: nn.Layer, batch: Dict[str, Any]) -> Record:
         tic = time.time()
         with paddle.amp.auto_cast(enable=self.amp, level="O1"):
-            losses = self.criterion(net(batch), batch)
+            outputs = net(batch)
+            losses = self.criterion(outputs, batch)
         loss = losses["loss"]
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -187,6 +192,13 @@ class Trainer:
             raise FloatingPointError(f"loss is {record['loss']} at step {self.global_step}; "
                                      "lower train.base_lr or check the data")
         self._emit(record, echo=self.global_step % self.cfg.train.log_iter == 0)
+        self.health.losses.append(record["loss"])
+        # a fresh model starts collapsed (empty masks give every query the same box): judge
+        # only after the warm-up
+        tc = self.cfg.train
+        if self.global_step > tc.warmup_steps and self.global_step % tc.log_iter == 0:
+            self.health.warn_once("collapse", collapse_problem(outputs["logits"][-1].detach(),
+                                                               outputs["boxes"][-1].detach()))
         return record
 
     def _end_of_epoch(self) -> Iterator[Record]:
@@ -214,6 +226,7 @@ class Trainer:
             self.save_weights("best_model")
         record["best_" + self.best["metric"]] = self.best["value"]
         self._emit(record, echo=True)
+        self.health.after_eval(max(record.get("mask_AP", 0.0), record.get("bbox_AP", 0.0)))
         return record
 
     # ------------------------------------------------------------------ evaluation
@@ -318,6 +331,25 @@ class Trainer:
             if int(flag) and not self.stop_reason:
                 self.stop_reason = "stopped by another rank"
         return bool(self.stop_reason)
+
+
+class _Health:
+    """The run's two silent failures (engine/diagnose.py), each warned about once."""
+
+    def __init__(self):
+        self.losses, self.history, self.warned = [], [], set()
+
+    def warn_once(self, kind: str, problem: Optional[str]) -> None:
+        if problem and kind not in self.warned:
+            self.warned.add(kind)
+            warnings.warn(problem, stacklevel=3)
+
+    def after_eval(self, ap: float) -> None:
+        """Record (AP, mean train loss since the last evaluation) and check for a stuck AP."""
+        if self.losses:
+            self.history.append((ap, sum(self.losses) / len(self.losses)))
+            self.losses = []
+            self.warn_once("stuck", stuck_problem(self.history))
 
 
 class _graceful_stop:
