@@ -227,3 +227,67 @@ def test_unreadable_annotation_file(tmp_path, content, message):
 def test_problem_text_names_file_and_ids():
     assert str(Problem("a.json", "bad", 3, 4)) == "a.json: image id 3, annotation id 4: bad"
     assert str(Problem("a.json", "bad")) == "a.json: bad"
+
+
+def test_category_map_and_num_classes(tmp_path):
+    def edit(data):  # ids need not start at 1 or be contiguous: sorted ids -> labels 0..K-1
+        data["categories"] = [{"id": 90, "name": "b"}, {"id": 3, "name": "a"}]
+        data["annotations"][0]["category_id"], data["annotations"][1]["category_id"] = 3, 90
+    run(tmp_path, edit)
+    anno = str(tmp_path / "anno.json")
+    report = check_dataset(anno, str(tmp_path), num_classes=2)
+    assert report.ok and report.category_map == [(3, 0, "a"), (90, 1, "b")]
+    assert report.category_table() == "category id 3 -> label 0: a\ncategory id 90 -> label 1: b"
+    only([str(p) for p in check_dataset(anno, str(tmp_path), num_classes=1).problems],
+         "2 categories but num_classes is 1: labels 1..1 are beyond the model's classes "
+         "(set -o num_classes=2)")
+    only([str(p) for p in check_dataset(anno, str(tmp_path), num_classes=3).problems],
+         "2 categories but num_classes is 3: 1 of the model's classes never occur")
+
+
+def test_roboflow_export_passes_with_a_note_on_its_project_category(tmp_path):
+    """Roboflow's COCO export: its project as category 0 (supercategory "none") that no
+    annotation uses, the classes under it, ids from 0, licence and date fields."""
+    def edit(data):
+        data["info"] = {"description": "Exported from roboflow.com", "version": "1"}
+        data["licenses"] = [{"id": 1, "url": "https://creativecommons.org/licenses/by/4.0/",
+                             "name": "CC BY 4.0"}]
+        data["categories"] = [{"id": 0, "name": "pets", "supercategory": "none"},
+                              {"id": 1, "name": "a", "supercategory": "pets"},
+                              {"id": 2, "name": "b", "supercategory": "pets"}]
+        for im in data["images"]:
+            im.update(license=1, date_captured="2024-05-01T10:00:00+00:00")
+    assert run(tmp_path, edit) == []
+    report = check_dataset(str(tmp_path / "anno.json"), str(tmp_path), num_classes=2)
+    assert report.category_map[0] == (0, 0, "pets")
+    assert report.notes == ["category id 0 ('pets') has no annotation but still takes label 0 "
+                            "and a class of the model: it is the others' supercategory, as the "
+                            "project category 0 of Roboflow's export (delete it from the json, "
+                            "or count it in num_classes)"]
+    only([str(p) for p in report.problems], "3 categories but num_classes is 2")
+
+
+def test_cvat_export_masks_are_crowd_and_boxes_have_no_mask(tmp_path):
+    """CVAT's COCO export (datumaro): `attributes` on every annotation, an object drawn as a mask
+    written as iscrowd 1 with uncompressed RLE, a rectangle with segmentation []."""
+    mask = np.zeros((H, W), np.uint8)
+    mask[5:15, 10:30] = 1
+    flat = mask.ravel(order="F")
+    runs = np.diff(np.concatenate([[0], np.flatnonzero(np.diff(flat)) + 1, [flat.size]]))
+
+    def edit(data):
+        data["categories"] = [{"id": 1, "name": "a", "supercategory": ""},
+                              {"id": 2, "name": "b", "supercategory": ""}]
+        for ann in data["annotations"]:
+            ann["attributes"] = {"occluded": False}
+        data["annotations"][1].update(segmentation={"counts": runs.tolist(), "size": [H, W]},
+                                      iscrowd=1, bbox=[10, 5, 20, 10], area=200)
+        data["annotations"].append({"id": 12, "image_id": 1, "category_id": 2, "segmentation": [],
+                                    "bbox": [1, 1, 5, 5], "area": 25, "iscrowd": 0,
+                                    "attributes": {"occluded": False}})
+    only(run(tmp_path, edit), "annotation id 12: empty segmentation (no polygon): a box without "
+         "a mask (CVAT writes [] for rectangles), which training leaves out")
+    report = check_dataset(str(tmp_path / "anno.json"), str(tmp_path))
+    assert report.notes == ["1 of 3 annotations are crowd regions (iscrowd 1): training leaves "
+                            "them out of the targets (CVAT's COCO export marks every object "
+                            "drawn as a mask so; polygons export as iscrowd 0)"]

@@ -39,8 +39,12 @@ def test_check_dataset_cli_exit_status_and_report(shapes, tmp_path, capsys):
     data = json.loads((shapes / "instances_val.json").read_text())
     args = [str(shapes / "instances_val.json"), str(shapes / "val"), "--no-progress"]
     assert check.main(args) == 0
-    assert capsys.readouterr().out.strip() == (f"ok: 4 images, {len(data['annotations'])} "
-                                               "annotations, 4 categories")
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0] == "category id 1 -> label 0: circle"  # the map training will use
+    assert out[-1] == f"ok: 4 images, {len(data['annotations'])} annotations, 4 categories"
+    assert check.main(args + ["-c", "tiny"]) == 0  # the preset's model has 4 classes
+    assert check.main(args + ["--num_classes", "3"]) == 1
+    assert "4 categories but num_classes is 3" in capsys.readouterr().out
     data["annotations"][0]["category_id"] = 42
     data["annotations"][1]["bbox"][2] = 500
     broken = tmp_path / "broken.json"

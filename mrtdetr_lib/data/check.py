@@ -5,7 +5,10 @@ for what would crash training or quietly spoil its targets: missing, corrupt or 
 image sizes that disagree with the json, boxes outside the image or of non-positive size, empty
 or degenerate polygons, RLE of the wrong size, unknown categories or images, duplicate ids, and a
 NaN or infinity anywhere in an annotation (`annotation_number_problems`, which the data set's
-loader calls too).
+loader calls too). It also gives the category ids training will use (`category_map`: sorted ids
+to labels 0..K-1, as the loader maps them), fails when their number differs from the model's
+`num_classes`, and notes what exports of CVAT and Roboflow leave for training to skip: a category
+no annotation uses (it still takes a label) and crowd regions (never targets).
 """
 
 import json
@@ -46,6 +49,8 @@ class Report:
     num_images: int = 0
     num_annotations: int = 0
     num_categories: int = 0
+    category_map: List[Tuple[Any, int, str]] = field(default_factory=list)  # see category_map()
+    notes: List[str] = field(default_factory=list)  # not errors, worth knowing before training
 
     @property
     def ok(self) -> bool:
@@ -58,6 +63,47 @@ class Report:
         lines.append(f"{len(self.problems)} problem(s) in {size}" if self.problems
                      else f"ok: {size}")
         return "\n".join(lines)
+
+    def category_table(self) -> str:
+        """The category ids training will use, one a line, then the notes."""
+        lines = [f"category id {cat_id} -> label {label}: {name}"
+                 for cat_id, label, name in self.category_map]
+        return "\n".join(lines + [f"note: {note}" for note in self.notes])
+
+
+def category_map(categories: List[Dict[str, Any]]) -> List[Tuple[Any, int, str]]:
+    """(COCO category id, training label, name): the loader maps the sorted ids to 0..K-1."""
+    ids = sorted(c["id"] for c in categories if isinstance(c.get("id"), int))
+    names = {c["id"]: str(c.get("name", "")) for c in categories if isinstance(c.get("id"), int)}
+    return [(cat_id, label, names[cat_id]) for label, cat_id in enumerate(ids)]
+
+
+def _category_problems(data: Dict[str, Any], num_classes: Optional[int], anno_path: str
+                       ) -> Tuple[List[Problem], List[str]]:
+    """Category ids that are no integers or do not fit `num_classes`; notes on unused ones."""
+    problems = [Problem(anno_path, f"category {str(c)[:80]} has no integer id")
+                for c in data["categories"] if not isinstance(c.get("id"), int)]
+    count = sum(isinstance(c.get("id"), int) for c in data["categories"])
+    if num_classes is not None and count != num_classes:
+        effect = (f"labels {num_classes}..{count - 1} are beyond the model's classes"
+                  if count > num_classes else
+                  f"{num_classes - count} of the model's classes never occur")
+        problems.append(Problem(anno_path, f"{count} categories but num_classes is "
+                                f"{num_classes}: {effect} (set -o num_classes={count})"))
+    used = {ann.get("category_id") for ann in data["annotations"]}
+    parents = {c.get("supercategory") for c in data["categories"]}
+    notes = [f"category id {cat_id} ({name!r}) has no annotation but still takes label {label} "
+             "and a class of the model" + (
+                 ": it is the others' supercategory, as the project category 0 of Roboflow's "
+                 "export (delete it from the json, or count it in num_classes)"
+                 if name in parents else "")
+             for cat_id, label, name in category_map(data["categories"]) if cat_id not in used]
+    crowd = sum(bool(ann.get("iscrowd")) for ann in data["annotations"])
+    if crowd:
+        notes.append(f"{crowd} of {len(data['annotations'])} annotations are crowd regions "
+                     "(iscrowd 1): training leaves them out of the targets (CVAT's COCO export "
+                     "marks every object drawn as a mask so; polygons export as iscrowd 0)")
+    return problems, notes
 
 
 def _duplicates(items: List[Dict[str, Any]]) -> List[Any]:
@@ -127,7 +173,8 @@ def _check_box(ann: Dict[str, Any], width: int, height: int) -> List[str]:
 
 def _check_polygons(segm: list) -> List[str]:
     if not segm:
-        return ["empty segmentation (no polygon)"]
+        return ["empty segmentation (no polygon): a box without a mask (CVAT writes [] for "
+                "rectangles), which training leaves out"]
     messages = []
     for k, poly in enumerate(segm):
         if not (isinstance(poly, list) and all(isinstance(v, (int, float)) for v in poly)):
@@ -244,14 +291,21 @@ def _check_image_files(images: List[Dict[str, Any]], image_dir: str, num_threads
 
 
 def check_dataset(anno_path: str, image_dir: str, check_images: bool = True,
-                  num_threads: int = 4, progress: bool = False) -> Report:
-    """Check a COCO json and its image folder; the Report lists every problem found."""
+                  num_threads: int = 4, progress: bool = False,
+                  num_classes: Optional[int] = None) -> Report:
+    """Check a COCO json and its image folder; the Report lists every problem found.
+
+    With `num_classes` (the model's), a category count that differs from it is a problem.
+    """
     report = Report()
     data = _load(anno_path, report)
     if data is None:
         return report
     report.num_images, report.num_annotations = len(data["images"]), len(data["annotations"])
     report.num_categories = len(data["categories"])
+    report.category_map = category_map(data["categories"])
+    problems, report.notes = _category_problems(data, num_classes, anno_path)
+    report.problems += problems
     for key in ("categories", "images", "annotations"):
         report.problems += [Problem(anno_path, f"duplicate {key[:-1]} id {dup}")
                             for dup in _duplicates(data[key])]
