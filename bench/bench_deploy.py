@@ -29,7 +29,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 import mrtdetr_lib as mrt
-from mrtdetr_lib.timing import timed
+from mrtdetr_lib.course.timing import timed
 
 BACKENDS = ("eager", "paddle-inference", "ort", "ort-int8", "trt")
 TINY_QUERIES = {300: 100, 100: 50}  # tiny's preset has 100 queries: its own, and fewer

@@ -26,8 +26,8 @@ import cv2
 import numpy as np
 
 import mrtdetr_lib as mrt
+from mrtdetr_lib.course.timing import timed
 from mrtdetr_lib.data import preprocess, read_image
-from mrtdetr_lib.timing import timed
 
 TARGETS_MS = {("l", 1, 640): {"model_only": 2900, "end_to_end": 3600}}
 

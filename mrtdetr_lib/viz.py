@@ -1,4 +1,4 @@
-"""Drawing for the course: instances (masks, boxes, labels) on an image, and image grids.
+"""Drawing instances (masks, boxes, labels) on an image: the CLI's `infer` and the course.
 
 `draw_instances` takes the same dict for ground truth and predictions (Predictor's output:
 `boxes` [n,4] x1,y1,x2,y2 pixels, `labels` [n], optional `masks` [n,H,W] and `scores` [n]) and
@@ -14,14 +14,6 @@ import numpy as np
 PALETTE = np.array([[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40],
                     [148, 103, 189], [140, 86, 75], [227, 119, 194], [127, 127, 127],
                     [188, 189, 34], [23, 190, 207]], np.float32)
-
-
-def boxes_to_pixels(boxes: Any, size: Sequence[int]) -> np.ndarray:
-    """Normalised cxcywh boxes [..., 4] -> x1, y1, x2, y2 in pixels of an image of size (h, w)."""
-    boxes = np.asarray(boxes, np.float32)
-    h, w = size
-    center, extent = boxes[..., :2] * [w, h], boxes[..., 2:] * [w, h]
-    return np.concatenate([center - extent / 2, center + extent / 2], -1)
 
 
 def draw_instances(image: np.ndarray, instances: Dict[str, Any],
@@ -55,37 +47,3 @@ def draw_instances(image: np.ndarray, instances: Dict[str, Any],
                     (255, 255, 255), 1, cv2.LINE_AA)
     return canvas
 
-
-def draw_sample(sample: Dict[str, Any], class_names: Optional[Sequence[str]] = None,
-                normalized: bool = False) -> np.ndarray:
-    """A data sample's image ([H,W,3] or [3,H,W]) with its targets drawn; `normalized`: the
-    boxes are cx,cy,w,h in 0..1 (after NormalizeBox + BboxXYXY2XYWH), else x1,y1,x2,y2 pixels."""
-    image = np.asarray(sample["image"])
-    if image.ndim == 3 and image.shape[0] == 3 and image.shape[-1] != 3:
-        image = image.transpose(1, 2, 0)  # after Permute
-    if image.dtype != np.uint8 and image.max() > 1.5:  # float 0..255 (before NormalizeImage)
-        image = image / 255.0
-    boxes = np.asarray(sample["gt_bbox"], np.float32).reshape(-1, 4)
-    if normalized:
-        boxes = boxes_to_pixels(boxes, image.shape[:2])
-    instances = {"boxes": boxes, "labels": np.asarray(sample["gt_class"]).reshape(-1),
-                 "masks": sample.get("gt_segm")}
-    return draw_instances(image, instances, class_names)
-
-
-def show_images(images: Sequence[np.ndarray], titles: Optional[Sequence[str]] = None,
-                ncols: int = 4, size: float = 3.0) -> None:
-    """Show RGB images in a matplotlib grid, a title above each (plt.show: nothing returned)."""
-    import matplotlib.pyplot as plt
-
-    nrows = (len(images) + ncols - 1) // ncols
-    ncols = min(ncols, len(images))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
-    for k, ax in enumerate(axes.ravel()):
-        ax.axis("off")
-        if k < len(images):
-            ax.imshow(images[k])
-            if titles is not None:
-                ax.set_title(titles[k], fontsize=9)
-    fig.tight_layout()
-    plt.show()

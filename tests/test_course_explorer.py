@@ -1,4 +1,4 @@
-"""Threshold explorer: mask probabilities from the post-process, the pure filter, the widgets."""
+"""Threshold explorer: mask probabilities of the detections, the pure filter, the widgets."""
 
 import cv2
 import numpy as np
@@ -14,34 +14,26 @@ from mrtdetr_lib.course.explorer import (
     filter_predictions,
     mask_iou,
     match_instances,
+    predict_with_probabilities,
     score_sweep,
     threshold_explorer,
     view_image,
 )
 from mrtdetr_lib.data import preprocess
-from mrtdetr_lib.model.postprocess import DETRPostProcess
 
 
-def _raw(batch=2, queries=6, classes=3, seed=0):
-    rng = np.random.default_rng(seed)
-    boxes = rng.uniform(0.2, 0.6, (batch, queries, 4)).astype("float32")
-    logits = rng.normal(0, 2, (batch, queries, classes)).astype("float32")
-    masks = rng.normal(0, 3, (batch, queries, 8, 8)).astype("float32")
-    im_shape = np.array([[32, 32], [32, 24]][:batch], "float32")
-    return [paddle.to_tensor(v) for v in (boxes, logits, masks, im_shape,
-                                          np.ones((batch, 2), "float32"))]
-
-
-@pytest.mark.parametrize("batch", [1, 2])
-def test_post_process_probabilities_binarise_to_its_masks(batch):
-    post = DETRPostProcess(num_classes=3, num_top_queries=4)
-    binary = post(*_raw(batch))
-    post.return_probs = True
-    probs = post(*_raw(batch))
+def test_probabilities_binarise_to_the_models_own_masks():
+    paddle.seed(0)
+    model = mrt.build_model("tiny", eval_size=(96, 96), num_top_queries=7)
+    model.eval()
+    rgb = np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8)
+    inputs = {k: paddle.to_tensor(v) for k, v in preprocess(rgb, (96, 96)).items()}
+    with paddle.no_grad():
+        binary, probs = model(inputs), predict_with_probabilities(model, inputs)
     np.testing.assert_array_equal(probs["bbox"].numpy(), binary["bbox"].numpy())
     p = probs["mask"].numpy()
     assert p.dtype == np.float32 and binary["mask"].numpy().dtype == np.int32
-    assert p.shape == binary["mask"].shape and p.min() >= 0 and p.max() <= 1
+    assert p.shape == binary["mask"].shape == (7, 50, 70) and p.min() >= 0 and p.max() <= 1
     assert 0.05 < p.mean() < 0.95  # real probabilities, not 0/1
     mismatch = ((p > 0.5) != binary["mask"].numpy().astype(bool)).mean()
     assert mismatch < 1e-4  # sigmoid(x) > 0.5 <=> x > 0, up to rounding at x ~ 0
@@ -120,7 +112,7 @@ def test_collect_predictions_keeps_every_top_k_detection():
     images = [np.random.default_rng(i).integers(0, 255, (50, 70, 3), dtype=np.uint8)
               for i in range(2)]
     cache = collect_predictions(model, images, (96, 96), ["a", "b", "c", "d"])
-    assert len(cache.images) == 2 and not model.post_process.return_probs
+    assert len(cache.images) == 2 and model.training  # handed back in training mode
     pred = cache.predictions[1]
     assert pred["mask_probs"].shape == (7, 50, 70) and pred["mask_probs"].dtype == np.float16
     assert pred["boxes"].shape == (7, 4) and np.all(np.diff(pred["scores"]) <= 0)

@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from mrtdetr_lib.viz import PALETTE, draw_instances, draw_sample
+from mrtdetr_lib.course.figures import draw_sample
+from mrtdetr_lib.viz import PALETTE, draw_instances
 
 
 def _sample():

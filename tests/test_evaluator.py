@@ -6,15 +6,9 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 
-from mrtdetr_lib.engine import format_table
-from mrtdetr_lib.engine.evaluator import (
-    COCOEvaluator,
-    evaluate_predictor,
-    per_class_table,
-    plot_pr_curves,
-    summary,
-    to_coco_results,
-)
+from mrtdetr_lib.course.figures import plot_pr_curves
+from mrtdetr_lib.course.tables import format_table, per_class_table
+from mrtdetr_lib.engine.evaluator import COCOEvaluator, evaluate_predictor, summary, to_coco_results
 
 H, W = 40, 60
 # Two images; the data set's category ids are not contiguous (3 = "circle", 7 = "square").

@@ -3,6 +3,7 @@ no import cycles, no project imports hidden in functions, and importing changes 
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -59,6 +60,33 @@ def test_no_core_module_imports_the_course_package():
                         if i.startswith("mrtdetr_lib.course")]
                  for name, path in _sources().items() if not name.startswith("mrtdetr_lib.course")}
     assert not {k: v for k, v in offenders.items() if v}
+
+
+# Public names of the core that no other core module, script or benchmark uses, kept on purpose:
+# tools a user calls (weights.py: the reverse converter; the parameter counter the manifests use).
+USER_TOOLS = {"mrtdetr_lib.weights": {"count_parameters", "safetensors_to_pdparams"}}
+
+
+def test_no_course_only_code_in_the_core():
+    """A public function or class of the core is used outside the course: by another core
+    module, bench/ or data_scripts/ (notebooks, tests and mrtdetr_lib/course do not count).
+    What only the notebooks use lives in mrtdetr_lib/course (tables, figures, timing)."""
+    users = [p for name, p in _sources().items() if not name.startswith("mrtdetr_lib.course")]
+    users += sorted((ROOT / "bench").glob("*.py")) + sorted((ROOT / "data_scripts").glob("*.py"))
+    texts = {path: path.read_text() for path in users}
+    unused = {}
+    for name, path in _sources().items():
+        if name.startswith("mrtdetr_lib.course"):
+            continue
+        for node in ast.parse(texts[path]).body:
+            if (not isinstance(node, (ast.FunctionDef, ast.ClassDef)) or node.name.startswith("_")
+                    or node.name in USER_TOOLS.get(name, ())):
+                continue
+            word = re.compile(rf"\b{node.name}\b")
+            if len(word.findall(texts[path])) < 2 and not any(
+                    word.search(text) for other, text in texts.items() if other != path):
+                unused.setdefault(name, []).append(node.name)
+    assert not unused, f"only the course, notebooks or tests use these; move them: {unused}"
 
 
 def test_no_project_imports_inside_functions():

@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 import paddle
+import paddle.nn.functional as F
 
 from ..data import preprocess, read_image, segmentation_to_mask
 from ..viz import draw_instances
@@ -43,12 +44,30 @@ class PredictionCache:
     class_names: Sequence[str]
 
 
+def predict_with_probabilities(model: Any, inputs: Dict[str, paddle.Tensor]
+                               ) -> Dict[str, paddle.Tensor]:
+    """An eval-mode MaskRTDETR's outputs for one image, `mask` [k, H0, W0] float32 holding the
+    probabilities (sigmoid of the upsampled logits) of the same k detections instead of the
+    post-process's 0/1 masks (those are the probabilities > 0.5)."""
+    out = model.transformer(model.neck(model.backbone(inputs["image"])))
+    boxes, logits, masks = out["dec_boxes"][-1], out["dec_logits"][-1], out["dec_masks"][-1]
+    post = model.post_process
+    result = post(boxes, logits, masks, inputs["im_shape"], inputs["scale_factor"])
+    _, index = paddle.topk(F.sigmoid(logits).flatten(1), post.num_top_queries, axis=-1)
+    query, _ = post.split_index(index, logits.shape[1])  # [1, k]: the rows of result["bbox"]
+    height, width = (int(v) for v in paddle.floor(inputs["im_shape"] / inputs["scale_factor"]
+                                                  + 0.5)[0])  # the original size, as post's
+    chosen = paddle.gather(masks[0], query[0]).unsqueeze(0)  # [1, k, h, w] logits
+    resized = F.interpolate(chosen, size=[height, width], mode="bilinear", align_corners=False)
+    result["mask"] = F.sigmoid(resized.squeeze(0))
+    return result
+
+
 def collect_predictions(model: Any, images: Sequence[Any], image_size: Sequence[int],
                         class_names: Sequence[str]) -> PredictionCache:
     """Run a library MaskRTDETR once per image (path or RGB array), keeping all k detections
-    with their mask probabilities (the post-process's `return_probs`)."""
-    post_process, was_training = model.post_process, model.training
-    post_process.return_probs = True
+    with their mask probabilities (`predict_with_probabilities`)."""
+    was_training = model.training
     model.eval()
     cache = PredictionCache([], [], list(class_names))
     try:
@@ -57,7 +76,7 @@ def collect_predictions(model: Any, images: Sequence[Any], image_size: Sequence[
                 rgb = read_image(image) if isinstance(image, str) else np.asarray(image)
                 inputs = {k: paddle.to_tensor(v)
                           for k, v in preprocess(rgb, image_size).items()}
-                out = model(inputs)
+                out = predict_with_probabilities(model, inputs)
                 bbox = out["bbox"].numpy()  # [k, 6] label, score, x1, y1, x2, y2 (one image)
                 cache.images.append(rgb)
                 cache.predictions.append({
@@ -65,7 +84,6 @@ def collect_predictions(model: Any, images: Sequence[Any], image_size: Sequence[
                     "labels": bbox[:, 0].astype(np.int64),
                     "mask_probs": out["mask"].numpy().astype(np.float16)})  # half the memory
     finally:
-        post_process.return_probs = False
         if was_training:
             model.train()
     return cache

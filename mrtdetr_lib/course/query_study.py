@@ -37,9 +37,9 @@ from ..data import build_loader
 from ..engine.evaluator import IOU_TYPES, COCOEvaluator
 from ..export import OnnxPredictor, export_onnx
 from ..model.detr import build_model
-from ..tables import format_table
-from ..timing import timed
 from ..weights import compare, count_parameters, load_pretrained
+from .tables import format_table
+from .timing import timed
 
 KNOBS = ("num_queries", "num_top_queries", "eval_idx")
 BACKENDS = ("eager", "onnx")

@@ -19,9 +19,10 @@ import paddle
 import paddle.nn.functional as F
 
 from ..model.detr import build_model
-from ..tables import format_table
-from ..viz import PALETTE, boxes_to_pixels  # noqa: F401 (chapter 02 imports it from here)
+from ..viz import PALETTE
 from ..weights import count_parameters
+from .figures import boxes_to_pixels  # noqa: F401 (chapter 02 imports it from here)
+from .tables import format_table
 
 PARTS = ("backbone", "neck", "transformer")
 Array = Union[np.ndarray, paddle.Tensor]

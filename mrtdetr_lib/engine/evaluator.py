@@ -3,7 +3,8 @@
 Mirrors PaddleDetection's `COCOMetric` (`ppdet/metrics/metrics.py`, `json_results.py`,
 `coco_utils.py`): eval outputs -> COCO results json (boxes as x,y,w,h; masks as RLE; contiguous
 labels mapped back to the data set's category ids) -> `COCOeval` `bbox` and `segm`. Also keeps
-per-class AP and precision/recall curves, which ppdet only draws to files.
+per-class AP and precision/recall curves, which ppdet only draws to files (the course's tables
+and figures read them).
 """
 
 import contextlib
@@ -151,42 +152,3 @@ def evaluate(model: paddle.nn.Layer, data: Any, output_dir: Optional[str] = None
         if was_training:
             model.train()
 
-
-def _mean_valid(values: np.ndarray) -> float:
-    """Mean over the entries COCOeval filled (-1 = class without ground truth): NaN if none."""
-    valid = values[values > -1]
-    return float(valid.mean()) if valid.size else float("nan")
-
-
-def per_class_table(metrics: Dict[str, dict]) -> List[Dict[str, Any]]:
-    """One row per class: {"class", "bbox_AP", "bbox_AP50", "bbox_AP75", "mask_AP", ...} from
-    `accumulate()`'s precision [T,R,K] (AP averages IoU 0.5:0.95; AP50 / AP75 one IoU each)."""
-    names = list(next(iter(metrics.values()))["per_class_ap"])
-    rows = [{"class": name} for name in names]
-    for key, result in metrics.items():
-        precision = result["precision"]
-        for k, row in enumerate(rows):
-            if precision is None:  # no detections at all
-                row.update({f"{key}_AP": 0.0, f"{key}_AP50": 0.0, f"{key}_AP75": 0.0})
-                continue
-            row[f"{key}_AP"] = _mean_valid(precision[:, :, k])
-            row[f"{key}_AP50"] = _mean_valid(precision[0, :, k])  # thresholds 0.50, 0.55, ...
-            row[f"{key}_AP75"] = _mean_valid(precision[5, :, k])
-    return rows
-
-
-def plot_pr_curves(result: dict, iou: float = 0.5, ax: Any = None) -> Any:
-    """Precision against recall per class at one IoU threshold (0.5:0.05:0.95) for one iou type."""
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(5, 4))
-    if result["precision"] is not None:
-        t = int(round((iou - 0.5) / 0.05))
-        for k, (name, ap) in enumerate(result["per_class_ap"].items()):
-            curve = np.clip(result["precision"][t, :, k], 0, None)  # -1 = no ground truth
-            ax.plot(result["recall"], curve, label=f"{name} (AP {ap:.2f})")
-    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
-           title=f"precision-recall at IoU {iou:.2f}")
-    ax.legend(fontsize=8)
-    return ax

@@ -27,19 +27,16 @@ class DETRPostProcess(nn.Layer):
     """
 
     def __init__(self, num_classes: int = 80, num_top_queries: int = 100,
-                 mask_threshold: float = 0.5, return_probs: bool = False):
+                 mask_threshold: float = 0.5):
         super().__init__()
         self.num_classes, self.num_top_queries = num_classes, num_top_queries
         self.mask_threshold = mask_threshold
-        # True: "mask" holds float32 probabilities, for tools that pick the threshold later
-        # (viz.collect_predictions); the default 0/1 int32 masks are the export contract.
-        self.return_probs = return_probs
         # sigmoid(x) > t  <=>  x > log(t / (1 - t)): threshold the logits, skip 40M sigmoids
         self.logit_threshold = math.log(mask_threshold / (1 - mask_threshold))
 
     def resize_masks(self, masks: paddle.Tensor, origin_shape: paddle.Tensor) -> paddle.Tensor:
         """masks [B, k, h, w] logits, origin_shape [B, 2] (h, w) -> [B*k, H0max, W0max] 0/1
-        int32 (float32 probabilities with `return_probs`).
+        int32.
 
         Each image's masks are resized to its own original size. When the sizes differ, every
         image's masks sit in the top-left corner of one [max h, max w] canvas, zeros around
@@ -56,15 +53,12 @@ class DETRPostProcess(nn.Layer):
             resized = F.interpolate(masks[i:i + 1], size=[size[i, 0], size[i, 1]],
                                     mode="bilinear", align_corners=False).squeeze(0)
             # [k, h0, w0]; squeeze, not [0]: an exported slice copies ~40M values
-            if self.return_probs:
-                binary = F.sigmoid(resized)  # not binary: probabilities, thresholded later
-            else:
-                binary = (resized > self.logit_threshold).astype("float32")
+            binary = (resized > self.logit_threshold).astype("float32")
             if batch > 1:  # zeros up to the largest image of the batch
                 binary = _zero_pad(binary, size[:, 0].max(), size[:, 1].max())
             out.append(binary)
         masks = out[0] if batch == 1 else paddle.concat(out)  # [B*k, H0, W0]
-        return masks if self.return_probs else masks.astype("int32")
+        return masks.astype("int32")
 
     def split_index(self, index: paddle.Tensor,
                     num_queries: int) -> Tuple[paddle.Tensor, paddle.Tensor]:
