@@ -9,7 +9,7 @@ Runtime / TensorRT predictor), so every backend is used the same way.
 """
 
 import os
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -20,6 +20,17 @@ from .viz import draw_instances
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 Image = Union[str, np.ndarray]
+
+
+def to_instances(outputs: Dict[str, Any], score_threshold: float = 0.0) -> Dict[str, np.ndarray]:
+    """One image's eval outputs (bbox [k, 6], bbox_num [1], mask [k, H0, W0]) -> its detections
+    scoring >= `score_threshold`, highest first: boxes [n, 4] x1,y1,x2,y2 pixels, scores [n],
+    labels [n] int64, masks [n, H0, W0] as the outputs hold them (0/1 from the post-process)."""
+    bbox = np.asarray(outputs["bbox"])[:int(np.asarray(outputs["bbox_num"]).reshape(-1)[0])]
+    keep = bbox[:, 1] >= score_threshold
+    return {"boxes": bbox[keep, 2:], "scores": bbox[keep, 1],
+            "labels": bbox[keep, 0].astype(np.int64),
+            "masks": np.asarray(outputs["mask"])[:len(bbox)][keep]}
 
 
 def list_images(infer_img: Optional[str] = None, infer_dir: Optional[str] = None) -> List[str]:
@@ -67,12 +78,8 @@ class Predictor:
     def __call__(self, image: Image) -> Dict[str, np.ndarray]:
         """Instances of one image (path or RGB uint8 array) with score >= threshold."""
         rgb = read_image(image) if isinstance(image, str) else image
-        out = self._run(preprocess(rgb, self.image_size))
-        bbox = out["bbox"][:int(out["bbox_num"][0])]  # [n, 6] label, score, x1, y1, x2, y2
-        keep = bbox[:, 1] >= self.threshold
-        return {"boxes": bbox[keep, 2:], "scores": bbox[keep, 1],
-                "labels": bbox[keep, 0].astype(np.int64),
-                "masks": out["mask"][:len(bbox)][keep].astype(bool)}
+        instances = to_instances(self._run(preprocess(rgb, self.image_size)), self.threshold)
+        return {**instances, "masks": instances["masks"].astype(bool)}
 
     def draw(self, image: Image, instances: Optional[Dict[str, np.ndarray]] = None) -> np.ndarray:
         """RGB uint8 image with the instances' masks, boxes and labels drawn on it."""

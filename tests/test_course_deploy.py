@@ -96,6 +96,7 @@ def test_quantization_report_counts_the_qdq_graph(setup):
 def test_detections_keep_the_confident_ones():
     outputs = {"bbox": np.array([[1, 0.9, 2, 0, 4, 4], [0, 0.2, 1, 1, 3, 3],
                                  [0, 0.6, 3, 1, 4, 4], [1, 0.7, 0, 0, 1, 1]], "float32"),
+               "bbox_num": np.array([4], "int32"),
                "mask": np.arange(4).reshape(4, 1, 1) * np.ones((4, 5, 5), "int32")}
     kept = detections(outputs, 0.5)
     assert kept["labels"].tolist() == [0, 1, 1]  # by class, then left to right

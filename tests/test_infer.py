@@ -7,7 +7,7 @@ import pytest
 import mrtdetr_lib as mrt
 from mrtdetr_lib.data import build_dataset, preprocess, read_image
 from mrtdetr_lib.data.shapes import make_shapes
-from mrtdetr_lib.infer import Predictor, list_images
+from mrtdetr_lib.infer import Predictor, list_images, to_instances
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +48,19 @@ def test_threshold_and_backend_callable():
     np.testing.assert_allclose(found["boxes"][1], [5, 5, 20, 25])
     assert found["masks"].dtype == bool and found["masks"].shape == (2, h0, w0)
     assert found["masks"][0].sum() == 100
+
+
+def test_to_instances_reads_bbox_num_rows_and_keeps_the_masks_dtype():
+    masks = np.stack([np.full((4, 5), v, np.float32) for v in (0.9, 0.4, 0.7)])  # probabilities
+    outputs = {"bbox": np.array([[1, 0.8, 0, 0, 2, 2], [0, 0.3, 1, 1, 3, 3],
+                                 [-1, 0.9, 0, 0, 0, 0]], np.float32),  # row 3: past bbox_num
+               "bbox_num": np.array([2], np.int32), "mask": masks}
+    every = to_instances(outputs)
+    assert every["labels"].tolist() == [1, 0] and every["labels"].dtype == np.int64
+    assert every["masks"].dtype == np.float32 and every["masks"][:, 0, 0].tolist() == [
+        pytest.approx(0.9), pytest.approx(0.4)]
+    confident = to_instances(outputs, score_threshold=0.5)
+    assert confident["boxes"].tolist() == [[0, 0, 2, 2]] and len(confident["masks"]) == 1
 
 
 def test_library_model_gives_masks_at_the_original_size(shapes):

@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..export import OnnxPredictor, PaddlePredictor, calibration_inputs, export_onnx, quantize_onnx
+from ..infer import to_instances
 from .query_study import (
     bootstrap_ap,
     eager_predictor,
@@ -215,8 +216,8 @@ def detections(outputs: Dict[str, np.ndarray], score_threshold: float = 0.5
     """Batch-1 eval outputs -> instances for `viz.draw_instances` (boxes, labels, scores,
     masks) of the detections scoring at least `score_threshold`, ordered by class, then left to
     right: the same detections from two backends get the same colours."""
-    bbox = np.asarray(outputs["bbox"])
-    keep = np.flatnonzero(bbox[:, 1] >= score_threshold)
-    keep = keep[np.lexsort((bbox[keep, 3], bbox[keep, 2], bbox[keep, 0]))]  # class, x1, y1
-    return {"boxes": bbox[keep, 2:], "labels": bbox[keep, 0].astype("int64"),
-            "scores": bbox[keep, 1], "masks": np.asarray(outputs["mask"])[keep].astype(bool)}
+    instances = to_instances(outputs, score_threshold)
+    boxes = instances["boxes"]
+    order = np.lexsort((boxes[:, 1], boxes[:, 0], instances["labels"]))  # class, x1, y1
+    return {**{k: v[order] for k, v in instances.items()},
+            "masks": instances["masks"][order].astype(bool)}

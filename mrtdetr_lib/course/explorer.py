@@ -16,6 +16,7 @@ import paddle
 import paddle.nn.functional as F
 
 from ..data import preprocess, read_image, segmentation_to_mask
+from ..infer import to_instances
 from ..viz import draw_instances
 
 
@@ -77,12 +78,10 @@ def collect_predictions(model: Any, images: Sequence[Any], image_size: Sequence[
                 inputs = {k: paddle.to_tensor(v)
                           for k, v in preprocess(rgb, image_size).items()}
                 out = predict_with_probabilities(model, inputs)
-                bbox = out["bbox"].numpy()  # [k, 6] label, score, x1, y1, x2, y2 (one image)
+                instances = to_instances({k: v.numpy() for k, v in out.items()})  # all k
+                probs = instances.pop("masks").astype(np.float16)  # half the memory
                 cache.images.append(rgb)
-                cache.predictions.append({
-                    "boxes": bbox[:, 2:], "scores": bbox[:, 1],
-                    "labels": bbox[:, 0].astype(np.int64),
-                    "mask_probs": out["mask"].numpy().astype(np.float16)})  # half the memory
+                cache.predictions.append({**instances, "mask_probs": probs})
     finally:
         if was_training:
             model.train()
