@@ -3,6 +3,7 @@
     mrtdetr train -c configs/tiny_shapes.yml --eval [-r output/tiny_shapes/last.pdckpt] [--amp]
     mrtdetr eval  -c configs/tiny_shapes.yml -o weights=output/tiny_shapes/best_model.pdparams
     mrtdetr infer -c configs/tiny_shapes.yml -o weights=... --infer_img a.jpg --draw_threshold 0.5
+    mrtdetr infer -c ... --infer_img big.jpg --slice_infer --slice_size 640 640 --combine_method nmm
     mrtdetr export -c configs/tiny_shapes.yml -o weights=... trt=True
 
 `-c` takes a YAML config (or a preset name: s m l x h tiny); `-o key=value` overrides any config
@@ -12,6 +13,7 @@ With MRTDETR_QUICK=1 the commands take the small path (few steps and images) for
 """
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -117,6 +119,20 @@ def _infer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--infer_dir", help="a folder of images to run on")
     p.add_argument("--draw_threshold", type=float, default=0.5,
                    help="score threshold for drawn and reported instances")
+    p.add_argument("--slice_infer", action="store_true",
+                   help="predict overlapping tiles and merge them (small objects)")
+    p.add_argument("--slice_size", nargs=2, type=int, default=[640, 640], metavar=("H", "W"),
+                   help="tile size (default 640 640)")
+    p.add_argument("--overlap_ratio", nargs=2, type=float, default=[0.25, 0.25],
+                   metavar=("RH", "RW"), help="tile overlap, height and width (default 0.25 0.25)")
+    p.add_argument("--combine_method", default="nms", choices=("nms", "nmm", "concat"),
+                   help="merge tile duplicates: keep the best, merge them, or keep all")
+    p.add_argument("--match_threshold", type=float, default=0.6,
+                   help="mask overlap from which two instances are duplicates (default 0.6)")
+    p.add_argument("--match_metric", default="ios", choices=("ios", "iou"),
+                   help="overlap measure: intersection over the smaller mask, or IoU")
+    p.add_argument("--slice_whole_image", action="store_true",
+                   help="with --slice_infer, also predict the whole image and merge it in")
 
 
 def _infer(args: argparse.Namespace, cfg: Config) -> int:
@@ -126,7 +142,12 @@ def _infer(args: argparse.Namespace, cfg: Config) -> int:
     predictor = Predictor(_model_with_weights(cfg, "infer"), threshold=args.draw_threshold,
                           image_size=cfg.model.eval_size)
     output_dir = args.output_dir or "output"
-    for path, saved, instances in predictor.save_drawings(images, output_dir):
+    sliced = functools.partial(
+        predictor.predict_sliced, slice_size=args.slice_size, overlap_ratio=args.overlap_ratio,
+        combine_method=args.combine_method, match_threshold=args.match_threshold,
+        match_metric=args.match_metric, whole_image=args.slice_whole_image)
+    for path, saved, instances in predictor.save_drawings(
+            images, output_dir, sliced if args.slice_infer else None):
         print(f"{path}: {len(instances['scores'])} instances -> {saved}")
     return 0
 

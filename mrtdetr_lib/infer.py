@@ -16,6 +16,7 @@ import numpy as np
 import paddle
 
 from .data.transforms import preprocess, read_image
+from .slicing import predict_sliced
 from .viz import draw_instances
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -81,19 +82,31 @@ class Predictor:
         instances = to_instances(self._run(preprocess(rgb, self.image_size)), self.threshold)
         return {**instances, "masks": instances["masks"].astype(bool)}
 
+    def predict_sliced(self, image: Image, slice_size: Sequence[int] = (640, 640),
+                       overlap_ratio: Sequence[float] = (0.25, 0.25), combine_method: str = "nms",
+                       match_threshold: float = 0.6, match_metric: str = "ios",
+                       whole_image: bool = False) -> Dict[str, np.ndarray]:
+        """Instances of one image from overlapping tiles, each run like an image (slicing.py):
+        small objects reach the model larger. Same output as calling the predictor."""
+        rgb = read_image(image) if isinstance(image, str) else image
+        return predict_sliced(self, rgb, slice_size, overlap_ratio, combine_method,
+                              match_threshold, match_metric, whole_image)
+
     def draw(self, image: Image, instances: Optional[Dict[str, np.ndarray]] = None) -> np.ndarray:
         """RGB uint8 image with the instances' masks, boxes and labels drawn on it."""
         rgb = read_image(image) if isinstance(image, str) else image
         instances = instances if instances is not None else self(rgb)
         return draw_instances(rgb, instances, class_names=self.class_names)
 
-    def save_drawings(self, images: Sequence[str], output_dir: str
+    def save_drawings(self, images: Sequence[str], output_dir: str,
+                      predict: Optional[Callable[[np.ndarray], Dict[str, np.ndarray]]] = None
                       ) -> Iterator[Tuple[str, str, Dict[str, np.ndarray]]]:
-        """Draw each image into output_dir (same file name); yields (image, saved, instances)."""
+        """Draw each image into output_dir (same file name); yields (image, saved, instances).
+        `predict(rgb)` finds the instances (e.g. a sliced prediction); default the predictor."""
         os.makedirs(output_dir, exist_ok=True)
         for path in images:
             rgb = read_image(path)
-            instances = self(rgb)
+            instances = (predict or self)(rgb)
             saved = os.path.join(output_dir, os.path.basename(path))
             cv2.imwrite(saved, cv2.cvtColor(self.draw(rgb, instances), cv2.COLOR_RGB2BGR))
             yield path, saved, instances
