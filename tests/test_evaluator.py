@@ -3,12 +3,19 @@
 import json
 
 import numpy as np
+import paddle
 import pycocotools.mask as mask_util
 import pytest
 
 from mrtdetr_lib.course.figures import plot_pr_curves
 from mrtdetr_lib.course.tables import format_table, per_class_table
-from mrtdetr_lib.engine.evaluator import COCOEvaluator, evaluate_predictor, summary, to_coco_results
+from mrtdetr_lib.engine.evaluator import (
+    COCOEvaluator,
+    eval_mode,
+    evaluate_predictor,
+    summary,
+    to_coco_results,
+)
 
 H, W = 40, 60
 # Two images; the data set's category ids are not contiguous (3 = "circle", 7 = "square").
@@ -153,3 +160,17 @@ def test_per_class_table_matches_hand_computed_ap(gt_file):
     text = format_table(rows).splitlines()
     assert text[0].split() == list(circle) and text[1].split()[:2] == ["circle", "0.764"]
     assert len({len(line) for line in text}) == 1  # aligned columns
+
+
+def test_eval_mode_restores_the_mode_the_model_had():
+    model = paddle.nn.Sequential(paddle.nn.Linear(2, 2), paddle.nn.Dropout(0.5))
+    with eval_mode(model):
+        assert not model.training and not model[1].training
+    assert model.training and model[1].training
+    with pytest.raises(RuntimeError), eval_mode(model):
+        raise RuntimeError("a failing block still hands the model back in training mode")
+    assert model.training
+    model.eval()
+    with eval_mode(model):
+        pass
+    assert not model.training  # a model in eval mode stays there

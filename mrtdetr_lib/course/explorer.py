@@ -16,6 +16,7 @@ import paddle
 import paddle.nn.functional as F
 
 from ..data import preprocess, read_image, segmentation_to_mask
+from ..engine.evaluator import eval_mode
 from ..infer import to_instances
 from ..viz import draw_instances
 
@@ -68,23 +69,16 @@ def collect_predictions(model: Any, images: Sequence[Any], image_size: Sequence[
                         class_names: Sequence[str]) -> PredictionCache:
     """Run a library MaskRTDETR once per image (path or RGB array), keeping all k detections
     with their mask probabilities (`predict_with_probabilities`)."""
-    was_training = model.training
-    model.eval()
     cache = PredictionCache([], [], list(class_names))
-    try:
-        with paddle.no_grad():
-            for image in images:
-                rgb = read_image(image) if isinstance(image, str) else np.asarray(image)
-                inputs = {k: paddle.to_tensor(v)
-                          for k, v in preprocess(rgb, image_size).items()}
-                out = predict_with_probabilities(model, inputs)
-                instances = to_instances({k: v.numpy() for k, v in out.items()})  # all k
-                probs = instances.pop("masks").astype(np.float16)  # half the memory
-                cache.images.append(rgb)
-                cache.predictions.append({**instances, "mask_probs": probs})
-    finally:
-        if was_training:
-            model.train()
+    with eval_mode(model), paddle.no_grad():
+        for image in images:
+            rgb = read_image(image) if isinstance(image, str) else np.asarray(image)
+            inputs = {k: paddle.to_tensor(v) for k, v in preprocess(rgb, image_size).items()}
+            out = predict_with_probabilities(model, inputs)
+            instances = to_instances({k: v.numpy() for k, v in out.items()})  # all k
+            probs = instances.pop("masks").astype(np.float16)  # half the memory
+            cache.images.append(rgb)
+            cache.predictions.append({**instances, "mask_probs": probs})
     return cache
 
 

@@ -30,11 +30,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import paddle
-from pycocotools.cocoeval import COCOeval
 
 from ..config import Config, ModelConfig
 from ..data import build_loader
-from ..engine.evaluator import IOU_TYPES, COCOEvaluator
+from ..engine.evaluator import COCOEvaluator
 from ..export import OnnxPredictor, export_onnx
 from ..model.detr import build_model
 from ..weights import compare, count_parameters, load_pretrained
@@ -185,9 +184,7 @@ def image_matches(evaluator: COCOEvaluator, key: str) -> Optional[ImageMatches]:
     if not evaluator.results[key]:
         return None
     with contextlib.redirect_stdout(io.StringIO()):
-        detections = evaluator.coco_gt.loadRes([dict(r) for r in evaluator.results[key]])
-        coco_eval = COCOeval(evaluator.coco_gt, detections, IOU_TYPES[key])
-        coco_eval.params.imgIds = sorted(evaluator.image_ids)
+        coco_eval = evaluator.coco_eval(key)
         coco_eval.evaluate()
     params = coco_eval.params
     num_images, num_areas = len(params.imgIds), len(params.areaRng)

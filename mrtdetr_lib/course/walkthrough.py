@@ -18,6 +18,7 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 
+from ..engine.evaluator import eval_mode
 from ..model.detr import build_model
 from ..viz import PALETTE
 from ..weights import count_parameters
@@ -183,15 +184,10 @@ def forward_intermediates(model: paddle.nn.Layer, inputs: Dict[str, paddle.Tenso
     dec_logits: per run decoder layer [B, Q, 4] / [B, Q, K]; dec_masks [B, Q, H/4, W/4]
     (last layer); output: the post-processed dict, equal to `model(inputs)`. Boxes: cxcywh 0..1.
     """
-    was_training = model.training
-    model.eval()  # eval BatchNorm statistics and no denoising, as in inference
-    try:
+    with eval_mode(model):  # eval BatchNorm statistics and no denoising, as in inference
         model._check_size(inputs["image"])
         out = _backbone_and_neck(model, inputs["image"])
         _decoder_stage(model, out, inputs)
-    finally:
-        if was_training:
-            model.train()
     return out
 
 

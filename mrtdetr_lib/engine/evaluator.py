@@ -12,7 +12,7 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import paddle
@@ -82,6 +82,15 @@ class COCOEvaluator:
         """Run COCOeval; per iou type: `stats` (12 numbers, STAT_NAMES), per-class AP, PR curves."""
         return {key: self._evaluate(key, verbose) for key in self.iou_types}
 
+    def coco_eval(self, key: str) -> COCOeval:
+        """A COCOeval of the `key` results ("bbox" or "mask", at least one) on the images seen,
+        before `evaluate()`; pycocotools prints as it loads them."""
+        # loadRes adds keys (area, id) to the dicts it gets: give it copies
+        detections = self.coco_gt.loadRes([dict(r) for r in self.results[key]])
+        coco_eval = COCOeval(self.coco_gt, detections, IOU_TYPES[key])
+        coco_eval.params.imgIds = sorted(self.image_ids)
+        return coco_eval
+
     def _evaluate(self, key: str, verbose: bool) -> dict:
         names = [self.coco_gt.cats[c]["name"] for c in self.cat_ids]
         if not self.results[key]:  # loadRes fails on an empty list; no detections = AP 0
@@ -89,10 +98,7 @@ class COCOEvaluator:
                     "precision": None, "recall": np.linspace(0, 1, 101)}
         log = io.StringIO()
         with contextlib.redirect_stdout(log):
-            # loadRes adds keys (area, id) to the dicts it gets: give it copies
-            detections = self.coco_gt.loadRes([dict(r) for r in self.results[key]])
-            coco_eval = COCOeval(self.coco_gt, detections, IOU_TYPES[key])
-            coco_eval.params.imgIds = sorted(self.image_ids)
+            coco_eval = self.coco_eval(key)
             coco_eval.evaluate()
             coco_eval.accumulate()
             coco_eval.summarize()
@@ -135,6 +141,19 @@ def evaluate_predictor(predict: Callable[[Dict[str, Any]], Dict[str, Any]], load
     return evaluator.accumulate(verbose)
 
 
+@contextlib.contextmanager
+def eval_mode(model: paddle.nn.Layer) -> Iterator[paddle.nn.Layer]:
+    """`with eval_mode(model):` runs the block in eval mode (BatchNorm statistics, no
+    denoising), then puts the model back in training mode if it was in it."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        if was_training:
+            model.train()
+
+
 def evaluate(model: paddle.nn.Layer, data: Any, output_dir: Optional[str] = None,
              verbose: bool = False, progress: bool = True) -> Dict[str, dict]:
     """COCO AP of a library model on a data set (one with `coco` and `cat_ids`) or its loader."""
@@ -142,13 +161,7 @@ def evaluate(model: paddle.nn.Layer, data: Any, output_dir: Optional[str] = None
     if not hasattr(data, "batch_sampler"):  # a data set: evaluate it one image at a time
         loader = LoaderWithErrors(data, paddle.io.BatchSampler(data, batch_size=1))
     dataset = getattr(loader, "dataset", data)
-    was_training = model.training
-    model.eval()
-    try:
-        with paddle.no_grad():
-            return evaluate_predictor(model, loader, dataset.coco, dataset.cat_ids, output_dir,
-                                      verbose, progress)
-    finally:
-        if was_training:
-            model.train()
+    with eval_mode(model), paddle.no_grad():
+        return evaluate_predictor(model, loader, dataset.coco, dataset.cat_ids, output_dir,
+                                  verbose, progress)
 
