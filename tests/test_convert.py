@@ -374,6 +374,8 @@ def test_masks_bad_inputs(tmp_path):
     ids = np.zeros((8, 8), np.uint8)
     ids[2:5, 2:5] = 1
     save_palette_png(ids, tmp_path / "objects" / "b.png")
+    save_palette_png(ids, tmp_path / "objects" / "c.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "images" / "c.jpg")
     (tmp_path / "names.txt").write_text("cat\ndog\n")
     with pytest.raises(ValueError, match="line 0 is 'cat'; it names class value 0"):
         convert("masks", str(tmp_path / "objects"), str(tmp_path / "images"),
@@ -386,7 +388,8 @@ def test_masks_bad_inputs(tmp_path):
                 class_input_dir=str(tmp_path / "classes"))
     assert str(err.value).splitlines() == [
         f"{tmp_path / 'objects' / 'a.png'}: is a RGB image, not a palette or grayscale id image",
-        f"{tmp_path / 'objects' / 'b.png'}: no image b.* in {tmp_path / 'images'}"]
+        f"{tmp_path / 'objects' / 'b.png'}: no image b.* in {tmp_path / 'images'}",
+        f"{tmp_path / 'objects' / 'c.png'}: no class image c.png in {tmp_path / 'classes'}"]
 
 
 def test_masks_without_class_images_are_one_class(tmp_path):

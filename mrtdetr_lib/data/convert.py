@@ -395,6 +395,8 @@ def load_masks(object_dir: str, image_dir: str, labels: Optional[str], class_dir
                 raise ValueError(f"no image {stem}.* in {image_dir}")
             width, height = image_size(images[stem])
             ids = read_index_png(path)
+            if class_dir and not os.path.isfile(os.path.join(class_dir, name)):
+                raise ValueError(f"no class image {name} in {class_dir}")
             classes = read_index_png(os.path.join(class_dir, name)) if class_dir else None
         except ValueError as err:
             problems.append(f"{path}: {err}")
