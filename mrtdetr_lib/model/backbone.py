@@ -12,7 +12,8 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle import ParamAttr
-from paddle.regularizer import L2Decay
+
+from .layers import batch_norm
 
 # stem (in, mid, out) and per stage: in, mid, out channels, blocks, downsample, light block,
 # kernel size, layers per block. S..H are PaddleDetection's `arch_configs`; T is the course's
@@ -45,15 +46,6 @@ ARCH_CONFIGS = {
 }
 
 
-def _batch_norm(channels: int, lr_mult: float, frozen: bool) -> nn.BatchNorm2D:
-    """BatchNorm2D as PaddleDetection builds it: no weight decay; frozen = fixed affine + stats."""
-    if frozen:  # ppdet's _freeze_norm: running stats even in train mode, scale/shift not trained
-        attr = ParamAttr(learning_rate=0.0, regularizer=L2Decay(0.0), trainable=False)
-        return nn.BatchNorm2D(channels, weight_attr=attr, bias_attr=attr, use_global_stats=True)
-    attr = ParamAttr(learning_rate=lr_mult, regularizer=L2Decay(0.0))
-    return nn.BatchNorm2D(channels, weight_attr=attr, bias_attr=attr)
-
-
 class ConvBNAct(nn.Layer):
     """Conv (no bias) + BN + optional ReLU: [B, Cin, H, W] -> [B, Cout, H/stride, W/stride]."""
 
@@ -67,7 +59,7 @@ class ConvBNAct(nn.Layer):
         self.conv = nn.Conv2D(in_channels, out_channels, kernel_size, stride,
                               padding=(kernel_size - 1) // 2 if padding is None else padding,
                               groups=groups, weight_attr=weight_attr, bias_attr=False)
-        self.bn = _batch_norm(out_channels, lr_mult, frozen_norm)
+        self.bn = batch_norm(out_channels, lr_mult, frozen_norm)
         self.use_act = use_act
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:

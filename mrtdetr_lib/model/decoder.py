@@ -17,20 +17,22 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle import ParamAttr
-from paddle.regularizer import L2Decay
 
 from .attention import PPMSDeformableAttention
 from .box_ops import inverse_sigmoid, mask_to_box_coordinate
 from .denoising import get_denoising_training_group
-from .layers import MLP, MultiHeadAttention, bias_init_with_prob, linear_init_, xavier_uniform_
+from .layers import (
+    MLP,
+    MultiHeadAttention,
+    batch_norm,
+    bias_init_with_prob,
+    layer_norm,
+    linear_init_,
+    xavier_uniform_,
+)
 
 Shapes = List[Tuple[int, int]]
 
-
-def _layer_norm(dim: int) -> nn.LayerNorm:
-    """LayerNorm whose scale/shift get no weight decay (as in PaddleDetection)."""
-    return nn.LayerNorm(dim, weight_attr=ParamAttr(regularizer=L2Decay(0.0)),
-                        bias_attr=ParamAttr(regularizer=L2Decay(0.0)))
 
 
 def generate_anchors(spatial_shapes: Shapes, grid_size: float = 0.05,
@@ -59,12 +61,12 @@ class TransformerDecoderLayer(nn.Layer):
                  n_levels: int = 4, n_points: int = 4):
         super().__init__()
         self.self_attn = MultiHeadAttention(d_model, n_head)
-        self.norm1 = _layer_norm(d_model)
+        self.norm1 = layer_norm(d_model)
         self.cross_attn = PPMSDeformableAttention(d_model, n_head, n_levels, n_points, 1.0)
-        self.norm2 = _layer_norm(d_model)
+        self.norm2 = layer_norm(d_model)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
-        self.norm3 = _layer_norm(d_model)
+        self.norm3 = layer_norm(d_model)
         for linear in (self.linear1, self.linear2):
             linear_init_(linear)
             xavier_uniform_(linear.weight)
@@ -146,8 +148,7 @@ class MaskRTDETRTransformer(nn.Layer):
 
         self.input_proj = nn.LayerList(nn.Sequential(
             ("conv", nn.Conv2D(c, hidden_dim, 1, bias_attr=False)),
-            ("norm", nn.BatchNorm2D(hidden_dim, weight_attr=ParamAttr(regularizer=L2Decay(0.0)),
-                                    bias_attr=ParamAttr(regularizer=L2Decay(0.0)))))
+            ("norm", batch_norm(hidden_dim)))
             for c in backbone_feat_channels)
         self.decoder = MaskTransformerDecoder(
             num_decoder_layers, eval_idx, d_model=hidden_dim, n_head=nhead,
@@ -156,8 +157,8 @@ class MaskRTDETRTransformer(nn.Layer):
             num_classes, hidden_dim, weight_attr=ParamAttr(initializer=nn.initializer.Normal()))
         self.query_pos_head = MLP(4, 2 * hidden_dim, hidden_dim, num_layers=2)
         self.mask_query_head = MLP(hidden_dim, hidden_dim, num_prototypes, num_layers=3)
-        self.enc_output = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), _layer_norm(hidden_dim))
-        self.dec_norm = _layer_norm(hidden_dim)
+        self.enc_output = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), layer_norm(hidden_dim))
+        self.dec_norm = layer_norm(hidden_dim)
         self.score_head = nn.Linear(hidden_dim, num_classes)
         self.bbox_head = MLP(hidden_dim, hidden_dim, 4, num_layers=3)
         self._reset_parameters()

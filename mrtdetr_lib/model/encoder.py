@@ -14,15 +14,8 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle import ParamAttr
-from paddle.regularizer import L2Decay
 
-from .layers import MultiHeadAttention, linear_init_
-
-
-def _batch_norm(channels: int) -> nn.BatchNorm2D:
-    """BatchNorm2D whose scale/shift get no weight decay (as every PaddleDetection neck BN)."""
-    return nn.BatchNorm2D(channels, weight_attr=ParamAttr(regularizer=L2Decay(0.0)),
-                          bias_attr=ParamAttr(regularizer=L2Decay(0.0)))
+from .layers import MultiHeadAttention, batch_norm, linear_init_
 
 
 def _resize(x: paddle.Tensor, size, mode: str) -> paddle.Tensor:
@@ -43,7 +36,7 @@ class BaseConv(nn.Layer):
         init = nn.initializer.Uniform(-bound, bound)
         self.conv = nn.Conv2D(in_channels, out_channels, ksize, stride, padding=(ksize - 1) // 2,
                               weight_attr=ParamAttr(initializer=init), bias_attr=False)
-        self.bn = _batch_norm(out_channels)
+        self.bn = batch_norm(out_channels)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         x = self.bn(self.conv(x))
@@ -57,7 +50,7 @@ class ConvBNLayer(nn.Layer):
         super().__init__()
         self.conv = nn.Conv2D(in_channels, out_channels, ksize, padding=(ksize - 1) // 2,
                               bias_attr=False)
-        self.bn = _batch_norm(out_channels)
+        self.bn = batch_norm(out_channels)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         return self.bn(self.conv(x))
@@ -216,7 +209,7 @@ class MaskHybridEncoder(nn.Layer):
         num_levels, num_blocks = len(in_channels), round(3 * depth_mult)
 
         self.input_proj = nn.LayerList(
-            nn.Sequential(nn.Conv2D(c, hidden_dim, 1, bias_attr=False), _batch_norm(hidden_dim))
+            nn.Sequential(nn.Conv2D(c, hidden_dim, 1, bias_attr=False), batch_norm(hidden_dim))
             for c in in_channels)
         self.encoder = nn.LayerList(
             TransformerEncoder(num_encoder_layers, d_model=hidden_dim, nhead=nhead,

@@ -1,4 +1,5 @@
-"""Small building blocks shared by the encoder and the decoder: MLP, multi-head attention, inits.
+"""Small building blocks shared by the model's stages: norms without weight decay, MLP,
+multi-head attention, inits.
 
 Mirrors `ppdet/modeling/heads/detr_head.py` (MLP), `ppdet/modeling/layers.py`
 (MultiHeadAttention) and `ppdet/modeling/initializer.py`. Attribute names are the `.pdparams`
@@ -11,6 +12,29 @@ import math
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
+from paddle import ParamAttr
+from paddle.regularizer import L2Decay
+
+
+def norm_attr(lr_mult: float = 1.0, frozen: bool = False) -> ParamAttr:
+    """A norm's scale/shift attribute as PaddleDetection sets it: never weight-decayed
+    (L2Decay(0.0) overrides the optimiser's decay); `frozen`: not trained at all."""
+    if frozen:
+        return ParamAttr(learning_rate=0.0, regularizer=L2Decay(0.0), trainable=False)
+    return ParamAttr(learning_rate=lr_mult, regularizer=L2Decay(0.0))
+
+
+def batch_norm(channels: int, lr_mult: float = 1.0, frozen: bool = False) -> nn.BatchNorm2D:
+    """BatchNorm2D without weight decay; frozen (ppdet's _freeze_norm): fixed scale/shift and
+    running statistics even in train mode."""
+    attr = norm_attr(lr_mult, frozen)
+    return nn.BatchNorm2D(channels, weight_attr=attr, bias_attr=attr,
+                          use_global_stats=True if frozen else None)
+
+
+def layer_norm(dim: int) -> nn.LayerNorm:
+    """LayerNorm without weight decay (the decoder's, as in PaddleDetection)."""
+    return nn.LayerNorm(dim, weight_attr=norm_attr(), bias_attr=norm_attr())
 
 
 def linear_init_(layer: nn.Linear) -> None:
