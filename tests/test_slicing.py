@@ -5,6 +5,8 @@ by tile borders comes out once with its whole mask. The course checkpoint shows 
 model, on a mosaic of shapes images.
 """
 
+import json
+
 import numpy as np
 import pytest
 
@@ -168,3 +170,12 @@ def test_infer_cli_slice_flags(tmp_path, capsys):
         image, (200, 200), (0.5, 0.5), "nmm")
     assert printed.startswith(f"{tmp_path / 'a.png'}: {len(wanted['scores'])} instances -> ")
     assert (tmp_path / "out" / "a.png").is_file()
+
+
+def test_bench_slicing_prints_a_line_per_method(capsys):
+    from conftest import load_script
+
+    assert load_script("bench", "bench_slicing").main(["--images", "1", "--scale", "2"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()[-3:]]
+    assert [r["method"] for r in lines] == ["whole_image", "sliced_nms", "sliced_nmm"]
+    assert all(0 <= r["found"] <= r["shapes"] and r["image_size"] == 448 for r in lines)
