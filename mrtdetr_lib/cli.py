@@ -13,6 +13,7 @@ With MRTDETR_QUICK=1 the commands take the small path (few steps and images) for
 """
 
 import argparse
+import errno
 import functools
 import json
 import os
@@ -28,6 +29,7 @@ from .config import (
     quick_mode,
     update_config,
 )
+from .errors import UserError
 from .runtime import setup
 
 QUICK_ITERS, QUICK_IMAGES = 10, 16
@@ -39,8 +41,33 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _fail(message: str) -> int:
-    print(f"mrtdetr: error: {message}", file=sys.stderr)
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()] or ["failed"]
+    # one line: a report's items (e.g. every key a weights file lacks) follow its first line
+    print(f"mrtdetr: error: {' '.join(lines[:1] + ['; '.join(lines[1:])]).strip()}",
+          file=sys.stderr)
     return 2
+
+
+def _fraction(text: str) -> float:
+    """argparse type: a number in [0, 1] (NaN refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:  # False for NaN too
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -61,7 +88,7 @@ def _config(args: argparse.Namespace) -> Config:
 
 def _need_weights(cfg: Config, command: str) -> str:
     if not cfg.train.weights:
-        raise ValueError(f"{command} needs trained weights: -o weights=PATH_OR_URL")
+        raise UserError(f"{command} needs trained weights: -o weights=PATH_OR_URL")
     return cfg.train.weights
 
 
@@ -117,7 +144,7 @@ def _eval(args: argparse.Namespace, cfg: Config) -> int:
 def _infer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--infer_img", help="one image to run on")
     p.add_argument("--infer_dir", help="a folder of images to run on")
-    p.add_argument("--draw_threshold", type=float, default=0.5,
+    p.add_argument("--draw_threshold", type=_fraction, default=0.5,
                    help="score threshold for drawn and reported instances")
     p.add_argument("--slice_infer", action="store_true",
                    help="predict overlapping tiles and merge them (small objects)")
@@ -154,7 +181,8 @@ def _infer(args: argparse.Namespace, cfg: Config) -> int:
 
 # ---------------------------------------------------------------- export
 def _export_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--batch", type=int, default=1, help="batch size of the exported model")
+    p.add_argument("--batch", type=_positive_int, default=1,
+                   help="batch size of the exported model")
     p.add_argument("--trt", action="store_true",
                    help="the seed's trt=True: im_shape/scale_factor baked in, simplified ONNX, "
                         "and a TensorRT FP16 engine when a GPU and tensorrt are present")
@@ -209,15 +237,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _os_error(err: OSError) -> str:
+    """One line for a failed file operation: the file, then why; a full disk named as such."""
+    where = f"{err.filename}: " if err.filename else ""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{where}no space left on device (ENOSPC): free some space or write elsewhere"
+    return f"{where}{err.strerror}" if err.strerror else str(err)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    """Entry point of the `mrtdetr` console script; returns the exit status."""
+    """Entry point of the `mrtdetr` console script; returns the exit status.
+
+    A user's mistake (UserError) and a failed file operation (OSError: missing file, no
+    permission, full disk) print one line and exit 2; anything else is a bug and keeps its
+    traceback."""
     args = build_parser().parse_args(_trt_option(sys.argv[1:] if argv is None else argv))
     setup()  # a program's start: quiet paddle, every core (or MRTDETR_THREADS)
     try:
         cfg = _config(args)
         return COMMANDS[args.command][2](args, cfg)
-    except (ValueError, FileNotFoundError, NotADirectoryError) as err:
+    except UserError as err:
         return _fail(str(err))
+    except OSError as err:
+        return _fail(_os_error(err))
     except KeyboardInterrupt:
         return _fail("interrupted")
 

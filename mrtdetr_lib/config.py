@@ -7,11 +7,14 @@ take explicit keyword arguments.
 """
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import yaml
+
+from .errors import UserError
 
 
 @dataclass
@@ -186,7 +189,7 @@ def model_config(arch: str = "l", **overrides: Any) -> ModelConfig:
     """The ModelConfig of a preset ("s", "m", "l", "x", "h", "tiny") with fields overridden."""
     key = arch.lower()
     if key not in _MODEL_PRESETS:
-        raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
+        raise UserError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
     cfg = ModelConfig(**_MODEL_PRESETS[key])
     return _replace_checked(cfg, overrides)
 
@@ -215,7 +218,7 @@ def _check_value(section: str, name: str, value: Any, default: Any) -> Any:
         return tuple(value) if isinstance(value, list) and name == "eval_size" else value
     if isinstance(default, bool):
         if not isinstance(value, bool):
-            raise ValueError(f"{section}.{name} must be true/false, got {value!r}")
+            raise UserError(f"{section}.{name} must be true/false, got {value!r}")
         return value
     if isinstance(default, (int, float)) and not isinstance(default, bool):
         if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
@@ -224,21 +227,21 @@ def _check_value(section: str, name: str, value: Any, default: Any) -> Any:
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{section}.{name} must be a number, got {value!r}")
+            raise UserError(f"{section}.{name} must be a number, got {value!r}")
         if isinstance(default, int) and not float(value).is_integer():
-            raise ValueError(f"{section}.{name} must be an integer, got {value!r}")
+            raise UserError(f"{section}.{name} must be an integer, got {value!r}")
         return type(default)(value)
     if isinstance(default, (list, tuple)):
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{section}.{name} must be a list, got {value!r}")
+            raise UserError(f"{section}.{name} must be a list, got {value!r}")
         return type(default)(value)
     if isinstance(default, dict):
         if not isinstance(value, dict) or set(value) - set(default):
-            raise ValueError(f"{section}.{name} must be a mapping with keys from "
-                             f"{sorted(default)}, got {value!r}")
+            raise UserError(f"{section}.{name} must be a mapping with keys from "
+                            f"{sorted(default)}, got {value!r}")
         return {**default, **value}
     if isinstance(default, str) and not isinstance(value, str):
-        raise ValueError(f"{section}.{name} must be a string, got {value!r}")
+        raise UserError(f"{section}.{name} must be a string, got {value!r}")
     return value
 
 
@@ -247,22 +250,137 @@ def _replace_checked(obj: Any, updates: Dict[str, Any], section: str = "model") 
     fields = _field_types(obj)
     unknown = [k for k in updates if k not in fields]
     if unknown:
-        raise ValueError(f"unknown {section} key(s) {unknown}; valid keys: {', '.join(fields)}")
+        raise UserError(f"unknown {section} key(s) {unknown}; valid keys: {', '.join(fields)}")
     checked = {k: _check_value(section, k, v, getattr(obj, k)) for k, v in updates.items()}
     return dataclasses.replace(obj, **checked)
 
 
 def update_config(cfg: Config, updates: Dict[str, Any]) -> Config:
-    """Apply a nested mapping {section: {key: value}} to a Config, checking every key and type."""
+    """Apply a nested mapping {section: {key: value}} to a Config, checking every key and type,
+    then every range (`validate`)."""
     sections = _field_types(cfg)
     unknown = [k for k in updates if k not in sections]
     if unknown:
-        raise ValueError(f"unknown config section(s) {unknown}; valid: {', '.join(sections)}")
+        raise UserError(f"unknown config section(s) {unknown}; valid: {', '.join(sections)}")
     for name, values in updates.items():
         if not isinstance(values, dict):
-            raise ValueError(f"config section {name!r} must be a mapping, got {values!r}")
+            raise UserError(f"config section {name!r} must be a mapping, got {values!r}")
         cfg = dataclasses.replace(cfg, **{name: _replace_checked(getattr(cfg, name), values,
                                                                  name)})
+    validate(cfg)
+    return cfg
+
+
+# ---------------------------------------------------------------- ranges
+def _at_least(low: int) -> Tuple[Callable[[Any], bool], str]:
+    return (lambda v: v >= low), f"an integer >= {low}"
+
+
+def _within(low: float, high: float, open_high: bool = False) -> Tuple[Callable[[Any], bool], str]:
+    if open_high:
+        return (lambda v: low <= v < high), f"in [{low}, {high})"
+    return (lambda v: low <= v <= high), f"in [{low}, {high}]"
+
+
+def _one_of(*choices: Any) -> Tuple[Callable[[Any], bool], str]:
+    names = [repr(c) for c in choices]  # 'mask' or 'bbox'; 'S', 'M', ... or 'T'
+    text = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+    return (lambda v: v in choices), text
+
+
+_POSITIVE = ((lambda v: v > 0), "> 0")
+_NON_NEGATIVE = ((lambda v: v >= 0), ">= 0")  # NaN fails every comparison: refused too
+_SIZE = ((lambda v: len(v) == 2 and all(isinstance(x, int) and x > 0 and x % 32 == 0 for x in v)),
+         "[h, w]: two positive multiples of 32 (the backbone's largest stride)")
+_SIZES = ((lambda v: len(v) > 0 and all(isinstance(x, int) and x > 0 for x in v)),
+          "a non-empty list of positive integers")
+_COEFFS = ((lambda v: all(c >= 0 for c in v.values())), "a mapping of weights >= 0")
+# Every field with a range, with what it must be. OPTIONAL fields may also be None (null).
+RULES: Dict[str, Tuple[Callable[[Any], bool], str]] = {
+    "model.arch": _one_of("S", "M", "L", "X", "H", "T"), "model.num_classes": _at_least(1),
+    "model.hidden_dim": _at_least(1), "model.num_prototypes": _at_least(1),
+    "model.eval_size": _SIZE, "model.encoder_hidden_dim": _at_least(4),
+    "model.num_encoder_layers": _at_least(0), "model.encoder_nhead": _at_least(1),
+    "model.encoder_dim_feedforward": _at_least(1), "model.expansion": _POSITIVE,
+    "model.depth_mult": _POSITIVE, "model.num_queries": _at_least(1),
+    "model.num_levels": _one_of(3), "model.num_decoder_points": _at_least(1),
+    "model.nhead": _at_least(1), "model.num_decoder_layers": _at_least(1),
+    "model.dim_feedforward": _at_least(1), "model.num_denoising": _at_least(0),
+    "model.label_noise_ratio": _within(0, 1), "model.box_noise_scale": _NON_NEGATIVE,
+    "model.num_top_queries": _at_least(1), "model.mask_threshold": _within(0, 1),
+    "loss.loss_coeff": _COEFFS, "loss.matcher_coeff": _COEFFS,
+    "loss.vfl_iou_type": _one_of("mask", "bbox"), "loss.num_sample_points": _at_least(1),
+    "loss.oversample_ratio": ((lambda v: v >= 1), ">= 1"),
+    "loss.important_sample_ratio": _within(0, 1), "loss.alpha": _within(0, 1),
+    "loss.gamma": _NON_NEGATIVE,
+    "data.batch_size": _at_least(1), "data.eval_batch_size": _at_least(1),
+    "data.num_workers": _at_least(0), "data.train_sizes": _SIZES, "data.eval_size": _SIZE,
+    "data.max_images": _at_least(1),
+    "train.epochs": _at_least(1), "train.max_iters": _at_least(1), "train.base_lr": _POSITIVE,
+    "train.weight_decay": _NON_NEGATIVE, "train.warmup_steps": _at_least(0),
+    "train.warmup_start_factor": _within(0, 1), "train.lr_schedule": _one_of("constant", "cosine"),
+    "train.lr_decay_start": _within(0, 1, open_high=True),
+    "train.clip_grad_norm": _NON_NEGATIVE, "train.ema_decay": _within(0, 1, open_high=True),
+    "train.ema_ramp_steps": _at_least(1), "train.target_metrics": _one_of("mask", "bbox"),
+    "train.snapshot_epoch": _at_least(1), "train.log_iter": _at_least(1),
+    "train.seed": _at_least(0),
+}
+# None: any input size, every image, no step limit (then `epochs` alone ends the run)
+OPTIONAL = ("model.eval_size", "data.max_images", "train.max_iters")
+
+
+def _anchor_positions(h: int, w: int) -> int:
+    """Positions of the decoder's three feature levels (strides 8, 16, 32) for an h x w input."""
+    return sum(math.ceil(h / s) * math.ceil(w / s) for s in (8, 16, 32))
+
+
+def _relations(cfg: Config) -> Iterator[str]:
+    """What is wrong between fields (each field in range on its own)."""
+    m = cfg.model
+    for name, dim, heads in (("hidden_dim", m.hidden_dim, m.nhead),
+                             ("encoder_hidden_dim", m.encoder_hidden_dim, m.encoder_nhead)):
+        if dim % heads:
+            yield f"model.{name} {dim} must be divisible by the number of heads {heads}"
+    if m.encoder_hidden_dim % 4:  # the encoder's 2-D sin-cos position embedding
+        yield f"model.encoder_hidden_dim must be divisible by 4, got {m.encoder_hidden_dim}"
+    if len(m.lr_mult_list) != 5:
+        yield f"model.lr_mult_list needs 5 values (stem, stage1..4), got {m.lr_mult_list}"
+    if not -m.num_decoder_layers <= m.eval_idx < m.num_decoder_layers:
+        yield (f"model.eval_idx must index one of the {m.num_decoder_layers} decoder layers, "
+               f"got {m.eval_idx}")
+    if m.num_top_queries > m.num_queries * m.num_classes:  # top (query, class) pairs
+        yield (f"model.num_top_queries {m.num_top_queries} exceeds num_queries x num_classes "
+               f"({m.num_queries * m.num_classes})")
+    # query selection takes the top num_queries of all positions: the input must have as many
+    sizes = [("model.eval_size", tuple(m.eval_size))] if m.eval_size else []
+    sizes += [("data.train_sizes", (s, s)) for s in cfg.data.train_sizes]
+    for name, (h, w) in sizes:
+        if _anchor_positions(h, w) < m.num_queries:
+            yield (f"{name}: a {h}x{w} input has {_anchor_positions(h, w)} feature positions, "
+                   f"fewer than model.num_queries {m.num_queries}")
+
+
+def validate(cfg: Config) -> Config:
+    """Check every range of RULES and the relations between fields; one UserError lists all
+    that are wrong, each naming its field, the valid range and the value given."""
+    problems = []
+    for key, (test, text) in RULES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value is None and key in OPTIONAL:
+            continue
+        try:
+            ok = bool(test(value))
+        except TypeError:  # a wrong type set in code, e.g. a string for a number
+            ok = False
+        if not ok:
+            null = " or null" if key in OPTIONAL else ""
+            shown = list(value) if isinstance(value, tuple) else value
+            problems.append(f"{key} must be {text}{null}, got {shown!r}")
+    if not problems:  # relations need every field in range (no division by zero heads)
+        problems += list(_relations(cfg))
+    if problems:
+        raise UserError("; ".join(problems))
     return cfg
 
 
@@ -275,18 +393,21 @@ def parse_overrides(items: List[str], cfg: Config) -> Dict[str, Dict[str, Any]]:
             owners.setdefault(key, []).append(section)
     for item in items:
         if "=" not in item:
-            raise ValueError(f"override {item!r} is not of the form key=value")
+            raise UserError(f"override {item!r} is not of the form key=value")
         key, text = item.split("=", 1)
         if "." in key:
             section, key = key.split(".", 1)
         elif len(owners.get(key, [])) == 1:
             section = owners[key][0]
         elif key in owners:
-            raise ValueError(f"override key {key!r} is ambiguous; write one of "
-                             f"{[s + '.' + key for s in owners[key]]}")
+            raise UserError(f"override key {key!r} is ambiguous; write one of "
+                            f"{[s + '.' + key for s in owners[key]]}")
         else:
-            raise ValueError(f"unknown override key {key!r}; valid keys: {', '.join(owners)}")
-        updates.setdefault(section, {})[key] = yaml.safe_load(text) if text else None
+            raise UserError(f"unknown override key {key!r}; valid keys: {', '.join(owners)}")
+        try:
+            updates.setdefault(section, {})[key] = yaml.safe_load(text) if text else None
+        except yaml.YAMLError:
+            raise UserError(f"override {item!r}: the value is not valid YAML") from None
     return updates
 
 
@@ -295,16 +416,25 @@ def load_config(path: str, overrides: Optional[List[str]] = None) -> Config:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config file not found: {path}")
     with open(path) as f:
-        raw = yaml.safe_load(f) or {}
+        try:
+            raw = yaml.safe_load(f) or {}
+        except yaml.YAMLError as err:  # one line: where, and the parser's reason
+            mark = getattr(err, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+            reason = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise UserError(f"{path}: {where}YAML syntax error: {reason}") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: the top level must be a mapping of sections")
+        raise UserError(f"{path}: the top level must be a mapping of sections")
     cfg = get_config(raw.pop("preset", "l"))
     try:
+        # the file's values and the overrides are applied together: ranges are checked once,
+        # on the result (a bad value in the file may be overridden)
+        for section, values in parse_overrides(overrides or [], cfg).items():
+            if isinstance(raw.get(section, {}), dict):
+                raw[section] = {**raw.get(section, {}), **values}
         cfg = update_config(cfg, raw)
-        if overrides:
-            cfg = update_config(cfg, parse_overrides(overrides, cfg))
-    except ValueError as err:
-        raise ValueError(f"{path}: {err}") from None
+    except UserError as err:
+        raise UserError(f"{path}: {err}") from None
     return cfg
 
 

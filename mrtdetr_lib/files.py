@@ -21,6 +21,10 @@ def atomic_write(path: Union[str, Path], write: Callable[[str], None]) -> str:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())  # on disk before the rename makes it the file
         os.replace(tmp, path)
+    except OSError as err:
+        if err.filename is None and err.errno:  # a full disk fails in write(), which names no file
+            raise OSError(err.errno, err.strerror, path) from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

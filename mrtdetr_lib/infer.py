@@ -16,6 +16,8 @@ import numpy as np
 import paddle
 
 from .data.transforms import preprocess, read_image
+from .errors import UserError
+from .files import atomic_write
 from .slicing import predict_sliced
 from .viz import draw_instances
 
@@ -41,7 +43,7 @@ def list_images(infer_img: Optional[str] = None, infer_dir: Optional[str] = None
             raise FileNotFoundError(f"--infer_img not found: {infer_img}")
         return [infer_img]
     if not infer_dir:
-        raise ValueError("give --infer_img IMAGE or --infer_dir FOLDER")
+        raise UserError("give --infer_img IMAGE or --infer_dir FOLDER")
     if not os.path.isdir(infer_dir):
         raise NotADirectoryError(f"--infer_dir is not a folder: {infer_dir}")
     images = sorted(os.path.join(infer_dir, name) for name in os.listdir(infer_dir)
@@ -62,7 +64,7 @@ class Predictor:
                  threshold: float = 0.5, image_size: Sequence[int] = (640, 640),
                  class_names: Optional[Sequence[str]] = None):
         if image_size is None:
-            raise ValueError("Predictor needs an image_size (h, w): the model's eval_size")
+            raise UserError("Predictor needs an image_size (h, w): the model's eval_size")
         self.model, self.threshold = model, threshold
         self.image_size, self.class_names = tuple(image_size), class_names
 
@@ -102,11 +104,32 @@ class Predictor:
                       predict: Optional[Callable[[np.ndarray], Dict[str, np.ndarray]]] = None
                       ) -> Iterator[Tuple[str, str, Dict[str, np.ndarray]]]:
         """Draw each image into output_dir (same file name); yields (image, saved, instances).
-        `predict(rgb)` finds the instances (e.g. a sliced prediction); default the predictor."""
+        `predict(rgb)` finds the instances (e.g. a sliced prediction); default the predictor.
+        Refuses, before writing anything, an output_dir where a drawing would replace one of
+        the input images (e.g. output_dir = the images' folder)."""
+        targets = [os.path.join(output_dir, os.path.basename(path)) for path in images]
+        inputs = {os.path.realpath(path) for path in images}
+        clash = [t for t in targets if os.path.realpath(t) in inputs]
+        if clash:
+            raise UserError(f"output folder {output_dir} would overwrite the input image "
+                            f"{clash[0]}: choose another --output_dir")
         os.makedirs(output_dir, exist_ok=True)
-        for path in images:
+        for path, saved in zip(images, targets):
             rgb = read_image(path)
             instances = (predict or self)(rgb)
-            saved = os.path.join(output_dir, os.path.basename(path))
-            cv2.imwrite(saved, cv2.cvtColor(self.draw(rgb, instances), cv2.COLOR_RGB2BGR))
+            write_image(saved, self.draw(rgb, instances))
             yield path, saved, instances
+
+
+def write_image(path: str, rgb: np.ndarray) -> str:
+    """Write an RGB uint8 image (format from the extension) whole or not at all; a full disk
+    or an unwritable folder raises OSError naming `path` (cv2.imwrite only returns False)."""
+    ok, data = cv2.imencode(os.path.splitext(path)[1], cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise UserError(f"cannot encode an image as {path} (unknown extension?)")
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data.tobytes())
+
+    return atomic_write(path, write)

@@ -17,6 +17,8 @@ from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from .errors import UserError
+
 Instances = Dict[str, np.ndarray]  # boxes [n,4] xyxy px, scores [n], labels [n], masks [n,H,W]
 COMBINE_METHODS, MATCH_METRICS = ("nms", "nmm", "concat"), ("ios", "iou")
 
@@ -32,9 +34,9 @@ def slice_windows(height: int, width: int, slice_size: Sequence[int] = (640, 640
     """(x1, y1, x2, y2) tiles that cover the image, row by row; a side shorter than its tile
     is one tile of the image's length."""
     if len(slice_size) != 2 or min(slice_size) < 1:
-        raise ValueError(f"slice_size {list(slice_size)} must be two sizes >= 1: H W")
+        raise UserError(f"slice_size {list(slice_size)} must be two sizes >= 1: H W")
     if len(overlap_ratio) != 2 or not all(0 <= r < 1 for r in overlap_ratio):
-        raise ValueError(f"overlap_ratio {list(overlap_ratio)} must be two ratios in [0, 1)")
+        raise UserError(f"overlap_ratio {list(overlap_ratio)} must be two ratios in [0, 1)")
     tile_h, tile_w = min(slice_size[0], height), min(slice_size[1], width)
     return [(x, y, x + tile_w, y + tile_h)
             for y in _starts(height, tile_h, overlap_ratio[0])
@@ -127,10 +129,10 @@ def predict_sliced(predict: Callable[[np.ndarray], Instances], image: np.ndarray
     image pixels, best score first.
     """
     if combine_method not in COMBINE_METHODS:
-        raise ValueError(f"combine_method {combine_method!r} is not one of "
-                         f"{', '.join(COMBINE_METHODS)}")
+        raise UserError(f"combine_method {combine_method!r} is not one of "
+                        f"{', '.join(COMBINE_METHODS)}")
     if match_metric not in MATCH_METRICS:
-        raise ValueError(f"match_metric {match_metric!r} is not one of {', '.join(MATCH_METRICS)}")
+        raise UserError(f"match_metric {match_metric!r} is not one of {', '.join(MATCH_METRICS)}")
     height, width = image.shape[:2]
     windows = slice_windows(height, width, slice_size, overlap_ratio)
     windows += [(0, 0, width, height)] if whole_image and windows != [(0, 0, width, height)] else []

@@ -15,6 +15,7 @@ import numpy as np
 import paddle
 
 from .download import cache_dir, download
+from .errors import UserError
 from .files import atomic_write
 
 
@@ -51,7 +52,7 @@ COURSE_CHECKPOINT = (Path(__file__).resolve().parent / "course" / "checkpoint"
                      / "tiny_shapes_course.safetensors")
 
 
-class WeightsMismatchError(ValueError):
+class WeightsMismatchError(UserError):
     """A weights file does not fit the model; the message lists every difference."""
 
 

@@ -9,6 +9,7 @@ import pytest
 import mrtdetr_lib as mrt
 from mrtdetr_lib.data import SeededBatchSampler, build_dataset, build_loader
 from mrtdetr_lib.data.shapes import make_shapes
+from mrtdetr_lib.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -102,9 +103,34 @@ def test_corrupt_image_error_names_the_file(cfg, tmp_path, workers):
     shutil.copytree(cfg.data.dataset_dir, root)
     (root / "val" / "000001.jpg").write_bytes(b"\xff\xd8 broken")
     bad = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dataset_dir=str(root)))
-    with pytest.raises(RuntimeError, match=r"ValueError: cannot decode image .*000001\.jpg "
-                                           r"\(image id 2\)"):
+    with pytest.raises(UserError, match=r"cannot decode image .*000001\.jpg \(image id 2\)"):
         list(build_loader(bad, "val", num_workers=workers))
+
+
+class _BuggyTransform:
+    """A transform with a bug: its traceback must reach the caller, naming where it failed."""
+
+    def __call__(self, sample, rng=None):
+        return {**sample, "image": sample["image"][:, :, :, None].squeeze(7)}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_bug_in_a_transform_keeps_its_traceback(cfg, workers):
+    dataset = build_dataset(cfg.data, "val")
+    dataset.transforms.insert(1, _BuggyTransform())
+    with pytest.raises(RuntimeError) as caught:
+        list(build_loader(cfg, "val", num_workers=workers, dataset=dataset))
+    text = str(caught.value)
+    assert not isinstance(caught.value, UserError)
+    assert "Traceback (most recent call last)" in text and "test_data_loader.py" in text
+    assert "in __call__" in text and "squeeze(7)" in text  # the line of the bug
+
+
+def test_more_categories_than_classes_is_refused(cfg):
+    few = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=2))
+    with pytest.raises(UserError, match=r"instances_train\.json has 4 categories, more than "
+                                        r"model\.num_classes=2"):
+        build_loader(few, "train")
 
 
 def test_sampler_is_a_function_of_seed_and_epoch():

@@ -19,6 +19,7 @@ import paddle
 import pycocotools.mask as mask_util
 from pycocotools.coco import COCO
 
+from ..errors import UserError
 from .check import annotation_number_problems
 
 Segmentation = Union[List[List[float]], Dict[str, Any]]
@@ -38,8 +39,8 @@ def segmentation_to_mask(segm: Segmentation, height: int, width: int) -> np.ndar
         # an object may have several polygon parts: rasterise each, then take their union
         return mask_util.decode(mask_util.merge(mask_util.frPyObjects(segm, height, width)))
     if [int(v) for v in segm["size"]] != [height, width]:
-        raise ValueError(f"RLE size {list(segm['size'])} differs from the image size "
-                         f"{[height, width]}")
+        raise UserError(f"RLE size {list(segm['size'])} differs from the image size "
+                        f"{[height, width]}")
     if isinstance(segm["counts"], list):  # uncompressed RLE (COCO's crowd regions use it)
         return mask_util.decode(mask_util.frPyObjects(segm, height, width))
     counts = segm["counts"]
@@ -85,8 +86,8 @@ class COCOInstanceDataset(paddle.io.Dataset):
         if max_images is not None:
             self.records = self.records[:max_images]
         if not self.records:
-            raise ValueError(f"{anno_path}: no usable images (images without objects are "
-                             "skipped unless allow_empty=True)")
+            raise UserError(f"{anno_path}: no usable images (images without objects are "
+                            "skipped unless allow_empty=True)")
 
     def _parse(self, allow_empty: bool) -> List[Dict[str, Any]]:
         has_annotations = "annotations" in self.coco.dataset  # image-info-only files: no targets
@@ -117,8 +118,8 @@ class COCOInstanceDataset(paddle.io.Dataset):
         # a NaN box passes the degenerate-box test below (every comparison with NaN is False)
         problems = annotation_number_problems(ann)
         if problems:
-            raise ValueError(f"{self.anno_path}: annotation {ann.get('id')}: "
-                             f"{'; '.join(problems.values())} (run data_scripts/check_dataset.py)")
+            raise UserError(f"{self.anno_path}: annotation {ann.get('id')}: "
+                            f"{'; '.join(problems.values())} (run data_scripts/check_dataset.py)")
 
     def _parse_annotation(self, ann: Dict[str, Any]) -> Optional[Tuple[int, list, Any, int]]:
         """(label, box xyxy, segmentation, ann id), or None when the box or mask is unusable."""
@@ -129,8 +130,8 @@ class COCOInstanceDataset(paddle.io.Dataset):
         if w <= 1e-5 or h <= 1e-5 or ann.get("area", 1) <= 0 or segm is None:
             return None
         if ann["category_id"] not in self.catid2clsid:
-            raise ValueError(f"{self.anno_path}: annotation {ann['id']} has category id "
-                             f"{ann['category_id']}, not in the categories {self.cat_ids}")
+            raise UserError(f"{self.anno_path}: annotation {ann['id']} has category id "
+                            f"{ann['category_id']}, not in the categories {self.cat_ids}")
         return self.catid2clsid[ann["category_id"]], [x, y, x + w, y + h], segm, ann["id"]
 
     def _record(self, info: Dict[str, Any], objects: list) -> Dict[str, Any]:

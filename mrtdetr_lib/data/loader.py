@@ -8,12 +8,14 @@ Eval batches carry `im_id` [B,1] and `orig_size` [B,2] (h, w) instead of targets
 
 import math
 import os
+import traceback
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import paddle
 
 from ..config import Config, DataConfig
+from ..errors import UserError
 from .coco import COCOInstanceDataset
 from .transforms import eval_transforms, train_transforms
 
@@ -28,10 +30,11 @@ class Collate:
         self.batch_transforms = list(batch_transforms)
 
     def __call__(self, samples: List[Dict[str, Any]]) -> Dict[str, Any]:
-        errors = [s["error"] for s in samples if "error" in s]
-        if errors:  # a sample failed to load (see LoaderWithErrors): pass its message on
+        failed = [s for s in samples if "error" in s]
+        if failed:  # a sample failed to load (see LoaderWithErrors): pass its message on
             # with one array: paddle's queue takes a batch of no arrays for the end of data
-            return {"error": errors[0], "failed": np.ones(1, np.int32)}
+            return {"error": failed[0]["error"],
+                    "user_error": np.array([failed[0]["user_error"]], np.int32)}
         # seeded by every sample's seed: the batch's random size is as reproducible as they are
         rng = np.random.default_rng([s["seed"] for s in samples])
         for transform in self.batch_transforms:
@@ -79,7 +82,9 @@ class SeededBatchSampler:
 
 
 class _Guarded(paddle.io.Dataset):
-    """A data set whose failing samples become {"error": message} instead of raising."""
+    """A data set whose failing samples become {"error": text, "user_error": bool} instead of
+    raising: the user's mistake (a missing or corrupt file) as its one-line message, any other
+    exception (a bug, e.g. in a transform) as its formatted traceback, which says where."""
 
     def __init__(self, dataset: Any):
         self.dataset = dataset
@@ -90,8 +95,10 @@ class _Guarded(paddle.io.Dataset):
     def __getitem__(self, key: Any) -> Dict[str, Any]:
         try:
             return self.dataset[key]
-        except Exception as err:  # any failure: it must reach the main process as data
-            return {"error": f"{type(err).__name__}: {err}"}
+        except (UserError, OSError) as err:  # any failure must reach the main process as data
+            return {"error": str(err), "user_error": True}
+        except Exception:
+            return {"error": traceback.format_exc(), "user_error": False}
 
     def __getattr__(self, name: str) -> Any:  # coco, cat_ids, ... of the wrapped data set
         if name == "dataset":  # not set yet (unpickling): no recursion
@@ -104,7 +111,8 @@ class LoaderWithErrors(paddle.io.DataLoader):
 
     paddle's own loader hangs when a sample raises with num_workers=0 (the exception ends its
     feeding thread) and raises a bare SystemError with workers; here the error travels as data
-    and is raised again in the main process.
+    and is raised again in the main process: a UserError for the user's data (one line naming
+    the file), a RuntimeError carrying the worker's traceback for anything else.
     """
 
     def __init__(self, dataset: Any, batch_sampler: Any, num_workers: int = 0):
@@ -115,14 +123,17 @@ class LoaderWithErrors(paddle.io.DataLoader):
     def __iter__(self) -> Iterator[Dict[str, Any]]:
         for batch in super().__iter__():
             if "error" in batch:
-                raise RuntimeError(f"loading a batch failed: {batch['error']}")
+                if int(np.asarray(batch["user_error"]).reshape(-1)[0]):
+                    raise UserError(f"loading a batch failed: {batch['error']}")
+                raise RuntimeError(f"loading a batch failed; the sample's traceback:\n"
+                                   f"{batch['error']}")
             yield batch
 
 
 def build_dataset(cfg: DataConfig, split: str) -> COCOInstanceDataset:
     """The "train" or "val" data set of a DataConfig, with its transforms and `collate_fn`."""
     if split not in ("train", "val"):
-        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        raise UserError(f"split must be 'train' or 'val', got {split!r}")
     train = split == "train"
     image_dir = os.path.join(cfg.dataset_dir, cfg.train_image_dir if train else cfg.val_image_dir)
     anno_path = os.path.join(cfg.dataset_dir, cfg.train_anno_path if train else cfg.val_anno_path)
@@ -151,9 +162,13 @@ def build_loader(cfg: Config, split: str, num_workers: Optional[int] = None,
     batch, seed = train.seed; each of `world_size` processes reads its own shard."""
     model_size = cfg.model.eval_size  # checked for training too: evaluation would fail later
     if model_size and list(model_size) != list(cfg.data.eval_size):
-        raise ValueError(f"data.eval_size {cfg.data.eval_size} differs from model.eval_size "
-                         f"{list(model_size)}: the model's anchors are built for the latter")
+        raise UserError(f"data.eval_size {cfg.data.eval_size} differs from model.eval_size "
+                        f"{list(model_size)}: the model's anchors are built for the latter")
     dataset = dataset if dataset is not None else build_dataset(cfg.data, split)
+    classes = len(getattr(dataset, "cat_ids", ()))
+    if classes > cfg.model.num_classes:  # labels past the last class: the loss would fail
+        raise UserError(f"{getattr(dataset, 'anno_path', 'the data set')} has {classes} "
+                        f"categories, more than model.num_classes={cfg.model.num_classes}")
     train = split == "train"
     batch_size = cfg.data.batch_size if train else cfg.data.eval_batch_size
     sampler = SeededBatchSampler(len(dataset), batch_size, shuffle=train, drop_last=train,
@@ -161,7 +176,7 @@ def build_loader(cfg: Config, split: str, num_workers: Optional[int] = None,
                                  world_size=world_size)
     if len(sampler) == 0:
         where = getattr(dataset, "anno_path", "the data set")
-        raise ValueError(f"{where}: {len(dataset)} images, fewer than one batch of "
-                         f"data.batch_size={batch_size} per process ({world_size} processes)")
+        raise UserError(f"{where}: {len(dataset)} images, fewer than one batch of "
+                        f"data.batch_size={batch_size} per process ({world_size} processes)")
     workers = cfg.data.num_workers if num_workers is None else num_workers
     return LoaderWithErrors(dataset, sampler, workers)

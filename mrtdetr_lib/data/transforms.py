@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
+from ..errors import UserError
 from .coco import segmentation_to_mask
 
 Sample = Dict[str, Any]
@@ -45,7 +46,7 @@ class Decode:
             raise FileNotFoundError(f"cannot read image {where}: {err.strerror}") from None
         image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
         if image is None:
-            raise ValueError(f"cannot decode image {where}: empty, corrupt or not an image")
+            raise UserError(f"cannot decode image {where}: empty, corrupt or not an image")
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)  # cv2 decodes to BGR
         h, w = image.shape[:2]
         return {**sample, "image": image, "im_shape": np.array([h, w], np.float32),
@@ -62,8 +63,8 @@ class Poly2Mask:
             try:
                 masks[i] = segmentation_to_mask(segm, h, w)
             except (ValueError, TypeError, KeyError) as err:
-                raise ValueError(f"{sample['im_file']}: annotation {sample['ann_ids'][i]}: "
-                                 f"bad segmentation: {err}") from None
+                raise UserError(f"{sample['im_file']}: annotation {sample['ann_ids'][i]}: "
+                                f"bad segmentation: {err}") from None
         out = {k: v for k, v in sample.items() if k != "gt_poly"}  # ppdet's del_poly=True
         return {**out, "gt_segm": masks}
 

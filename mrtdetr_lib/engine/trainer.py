@@ -29,8 +29,9 @@ import paddle
 import paddle.distributed as dist
 from paddle import nn
 
-from ..config import Config, save_config
+from ..config import Config, save_config, validate
 from ..data import build_dataset, build_loader
+from ..errors import UserError
 from ..loss.criterion import build_criterion
 from ..model.detr import build_model
 from ..weights import load_backbone, load_pretrained
@@ -51,10 +52,7 @@ class Trainer:
                  criterion: Optional[Callable] = None, train_data: Any = None,
                  eval_data: Any = None, callbacks: Sequence[Callable[[Record], None]] = (),
                  progress: bool = True):
-        self.cfg, tc = cfg, cfg.train
-        if tc.target_metrics not in ("mask", "bbox"):  # the AP that picks best_model
-            raise ValueError(f"train.target_metrics must be 'mask' or 'bbox', got "
-                             f"{tc.target_metrics!r}")
+        self.cfg, tc = validate(cfg), cfg.train  # fields set in code are checked here
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         if self.world > 1 and not dist.is_initialized():
             dist.init_parallel_env()
@@ -292,10 +290,10 @@ class Trainer:
         try:
             state = paddle.load(path)
         except Exception as err:  # paddle raises many kinds on a foreign or broken file
-            raise ValueError(f"{path} is not a readable trainer checkpoint ({err})") from None
+            raise UserError(f"{path} is not a readable trainer checkpoint ({err})") from None
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path} is not a trainer checkpoint (a .pdparams file holds only "
-                             "weights: use pretrain_weights= or weights= for those)")
+            raise UserError(f"{path} is not a trainer checkpoint (a .pdparams file holds only "
+                            "weights: use pretrain_weights= or weights= for those)")
         _set_exact(self.model, state["model"], path)
         if self.ema is not None and state["ema"] is not None:
             self.ema.set_state_dict(state["ema"])
@@ -402,6 +400,6 @@ def _set_exact(model: nn.Layer, state: Dict[str, Any], path: str) -> None:
     own = set(model.state_dict())
     missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
     if missing or unexpected:
-        raise ValueError(f"{path} does not match the model: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]} (was it trained with another config?)")
+        raise UserError(f"{path} does not match the model: missing {missing[:5]}, "
+                        f"unexpected {unexpected[:5]} (was it trained with another config?)")
     model.set_state_dict(state)
