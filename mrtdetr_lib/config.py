@@ -106,7 +106,7 @@ class TrainConfig:
     """Optimiser, schedule, EMA, AMP, evaluation and checkpoints (ppdet's optimizer_6x)."""
 
     epochs: int = 72
-    max_iters: Optional[int] = None  # stop after at most this many steps (before `epochs` end)
+    max_iters: Optional[int] = None  # stop after at most this many steps; None: epochs decide
     base_lr: float = 1e-4
     weight_decay: float = 1e-4
     warmup_steps: int = 2000

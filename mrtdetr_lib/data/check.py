@@ -8,7 +8,9 @@ NaN or infinity anywhere in an annotation (`annotation_number_problems`, which t
 loader calls too). It also gives the category ids training will use (`category_map`: sorted ids
 to labels 0..K-1, as the loader maps them), fails when their number differs from the model's
 `num_classes`, and notes what exports of CVAT and Roboflow leave for training to skip: a category
-no annotation uses (it still takes a label) and crowd regions (never targets).
+no annotation uses (it still takes a label) and crowd regions (never targets). Images with an
+EXIF orientation get a warning: viewers show them turned, training reads the frame the json's
+size describes (see `transforms.Decode`).
 """
 
 import json
@@ -21,8 +23,10 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import cv2
 import numpy as np
 import pycocotools.mask as mask_util
+from PIL import Image
 
 BOX_TOLERANCE = 1.0  # pixels a box may stick out of the image (float rounding in annotations)
+EXIF_ORIENTATION = 0x0112  # the EXIF tag: 1 = as stored, 2..8 = to be mirrored and/or rotated
 
 
 @dataclass
@@ -51,17 +55,20 @@ class Report:
     num_categories: int = 0
     category_map: List[Tuple[Any, int, str]] = field(default_factory=list)  # see category_map()
     notes: List[str] = field(default_factory=list)  # not errors, worth knowing before training
+    warnings: List[Problem] = field(default_factory=list)  # images to look at; not errors
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
     def __str__(self) -> str:
-        lines = [str(p) for p in self.problems]
+        lines = [str(p) for p in self.problems] + [f"warning: {w}" for w in self.warnings]
         size = (f"{self.num_images} images, {self.num_annotations} annotations, "
                 f"{self.num_categories} categories")
         lines.append(f"{len(self.problems)} problem(s) in {size}" if self.problems
                      else f"ok: {size}")
+        if self.warnings:
+            lines[-1] += f", {len(self.warnings)} warning(s)"
         return "\n".join(lines)
 
     def category_table(self) -> str:
@@ -219,23 +226,47 @@ def _check_segmentation(ann: Dict[str, Any], width: int, height: int) -> List[st
     return [f"segmentation of type {type(segm).__name__} is neither polygons nor RLE"]
 
 
-def _check_image_file(path: str, width: int, height: int) -> Optional[str]:
-    """What is wrong with an image file, or None."""
+def exif_orientation(path: str) -> int:
+    """The EXIF orientation of an image file: 1 (as stored) when it has none or it is unreadable."""
+    try:
+        with Image.open(path) as image:
+            return int(image.getexif().get(EXIF_ORIENTATION, 1))
+    except (OSError, SyntaxError, ValueError, TypeError):  # what PIL raises on a broken header
+        return 1
+
+
+def _check_image_file(path: str, width: int, height: int) -> Tuple[Optional[str], Optional[str]]:
+    """(what is wrong with an image file, what to look at), each None when there is nothing.
+
+    Sizes are compared as the training reader decodes (`transforms.Decode`): the stored pixels,
+    or the EXIF-rotated ones when only those have the json's size. Any EXIF orientation is a
+    warning, square images included: the reader cannot tell which frame the annotations use.
+    """
     if not os.path.isfile(path):
-        return "image file not found"
+        return "image file not found", None
     data = np.fromfile(path, np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    image = (cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+             if data.size else None)
     if image is None:
-        return "image file cannot be decoded (empty, corrupt or not an image)"
+        return "image file cannot be decoded (empty, corrupt or not an image)", None
     tail = data[-1024:].tobytes()
     # libjpeg and libpng decode a cut-off file with a warning; the end marker tells
     if (data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in tail) or (
             data[:4].tobytes() == b"\x89PNG" and b"IEND" not in tail):
-        return "image file is truncated (no end marker)"
-    if image.shape[:2] != (height, width):
-        return (f"image is {image.shape[1]}x{image.shape[0]} (w x h) but the json says "
-                f"{width}x{height}")
-    return None
+        return "image file is truncated (no end marker)", None
+    orientation = exif_orientation(path)
+    stored = image.shape[:2]
+    upright = stored[::-1] if orientation in (5, 6, 7, 8) else stored  # turned by 90 degrees
+    if (height, width) not in (stored, upright):
+        turned = f", {upright[1]}x{upright[0]} upright (EXIF)" if upright != stored else ""
+        return (f"image is {stored[1]}x{stored[0]} (w x h){turned} but the json says "
+                f"{width}x{height}"), None
+    if orientation == 1:
+        return None, None
+    frame = "as stored" if (height, width) == stored else "upright (EXIF rotation applied)"
+    return None, (f"EXIF orientation {orientation}: viewers and most labelling tools show this "
+                  f"image rotated or mirrored; training reads it {frame}, the frame of the "
+                  f"json's {width}x{height}; make sure the annotations were drawn on that frame")
 
 
 def _load(anno_path: str, report: Report) -> Optional[Dict[str, Any]]:
@@ -278,7 +309,8 @@ def _check_annotations(data: Dict[str, Any], images: Dict[Any, Dict[str, Any]],
 
 
 def _check_image_files(images: List[Dict[str, Any]], image_dir: str, num_threads: int,
-                       progress: bool) -> List[Problem]:
+                       progress: bool) -> Tuple[List[Problem], List[Problem]]:
+    """(problems, warnings) of the image files."""
     from tqdm.auto import tqdm
 
     paths = [os.path.join(image_dir, im["file_name"]) for im in images]
@@ -286,8 +318,10 @@ def _check_image_files(images: List[Dict[str, Any]], image_dir: str, num_threads
         results = list(tqdm(pool.map(_check_image_file, paths, [im["width"] for im in images],
                                      [im["height"] for im in images]),
                             total=len(images), desc="images", disable=not progress))
-    return [Problem(path, message, im["id"])
-            for path, im, message in zip(paths, images, results) if message]
+    checked = list(zip(paths, images, results))
+    problems = [Problem(path, error, im["id"]) for path, im, (error, _) in checked if error]
+    warnings = [Problem(path, warn, im["id"]) for path, im, (_, warn) in checked if warn]
+    return problems, warnings
 
 
 def check_dataset(anno_path: str, image_dir: str, check_images: bool = True,
@@ -318,6 +352,7 @@ def check_dataset(anno_path: str, image_dir: str, check_images: bool = True,
                                            "id, file_name, width, height", im.get("id")))
     report.problems += _check_annotations(data, images, anno_path)
     if check_images:
-        report.problems += _check_image_files(list(images.values()), image_dir, num_threads,
-                                              progress)
+        problems, report.warnings = _check_image_files(list(images.values()), image_dir,
+                                                       num_threads, progress)
+        report.problems += problems
     return report

@@ -35,7 +35,16 @@ def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
 
 
 class Decode:
-    """Read `im_file` -> RGB uint8 image; sets im_shape (h, w), scale_factor [1,1], orig_size."""
+    """Read `im_file` -> RGB uint8 image; sets im_shape (h, w), scale_factor [1,1], orig_size.
+
+    The pixels come in the frame the annotations were drawn on. A data set's sample carries the
+    json's size (`h`, `w`): the image is read as stored, ignoring an EXIF orientation tag, as
+    COCO's tools do (pycocotools' json sizes, torchvision's PIL reader; cv2's IMREAD_COLOR and
+    ppdet's Decode would rotate it), unless only the EXIF-rotated image has the json's size (a
+    tool that showed the photo upright: labelme, data/convert.py). `check_dataset` warns about
+    every EXIF-rotated image. Without a json size (a user's photo: `read_image`) the orientation
+    is applied, as a photo viewer shows it.
+    """
 
     def __call__(self, sample: Sample, rng: Optional[np.random.Generator] = None) -> Sample:
         path = sample["im_file"]
@@ -44,9 +53,14 @@ class Decode:
             data = np.fromfile(path, np.uint8)
         except OSError as err:
             raise FileNotFoundError(f"cannot read image {where}: {err.strerror}") from None
-        image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+        annotated = (sample["h"], sample["w"]) if "h" in sample else None
+        flags = cv2.IMREAD_COLOR | (cv2.IMREAD_IGNORE_ORIENTATION if annotated else 0)
+        image = cv2.imdecode(data, flags) if data.size else None
         if image is None:
             raise UserError(f"cannot decode image {where}: empty, corrupt or not an image")
+        if annotated and image.shape[:2] != annotated:
+            upright = cv2.imdecode(data, cv2.IMREAD_COLOR)  # EXIF orientation applied
+            image = upright if upright.shape[:2] == annotated else image
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)  # cv2 decodes to BGR
         h, w = image.shape[:2]
         return {**sample, "image": image, "im_shape": np.array([h, w], np.float32),
@@ -343,7 +357,7 @@ def eval_transforms(eval_size: Sequence[int]) -> List[Callable]:
 
 # ---------------------------------------------------------------- single images
 def read_image(path: str) -> np.ndarray:
-    """RGB uint8 [H, W, 3], read as the data sets read images (`Decode`)."""
+    """RGB uint8 [H, W, 3] by `Decode`, upright as a photo viewer shows it (EXIF applied)."""
     return Decode()({"im_file": path})["image"]
 
 
