@@ -355,8 +355,7 @@ def query_study(cfg: Config, settings: Sequence[Dict[str, int]], weights: Weight
         model = build_setting(cfg.model, setting, weights)
         knobs = {knob: setting.get(knob, getattr(cfg.model, knob)) for knob in KNOBS}
         knobs["eval_idx"] = _layer_index(cfg.model, knobs["eval_idx"])
-        arch = cfg.model.arch
-        common = {"model": f"Mask RT-DETR-{arch}", "backbone": f"PPHGNetV2-{arch}",
+        common = {**table_names(cfg.model.arch),
                   "input_shape": "x".join(str(s) for s in inputs["image"].shape[2:]), **knobs,
                   "decoder_layers": knobs["eval_idx"] + 1,
                   "params_M": count_parameters(model)["total"] / 1e6}
@@ -417,6 +416,14 @@ def markdown_table(rows: Sequence[Dict[str, Any]], latency: bool = True) -> str:
     columns = [c for c in TABLE_COLUMNS if latency or c[1] not in TIMING]
     cells = [{title: _cell(key, row) for title, key in columns} for row in rows]
     return format_table(cells, [title for title, _ in columns], markdown=True)
+
+
+def table_names(arch: str) -> Dict[str, str]:
+    """The Model and Backbone columns: `Mask RT-DETR-L`, `PPHGNetV2-L` for an official size (S to
+    H); the course's own arch `T` (the tiny preset) is no official model, and its name says so."""
+    if arch == "T":
+        return {"model": "Mask RT-DETR tiny (course)", "backbone": "PPHGNetV2 tiny (course)"}
+    return {"model": f"Mask RT-DETR-{arch}", "backbone": f"PPHGNetV2-{arch}"}
 
 
 def print_table(rows: Sequence[Dict[str, Any]], latency: bool = True) -> None:
