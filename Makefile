@@ -5,6 +5,8 @@
 #   make browser-check  chapter 04's explorer in JupyterLab, driven in headless Chromium
 #   make checkpoint  retrain the shipped course checkpoint from scratch (about 2 h on 2 cores)
 #   make train-10min  train tiny from scratch for 10 minutes as 2 processes; JSON line + curve
+#   make book     the course as a static website (Jupyter Book 1.0) in build/book/_build/html
+#   make book-check  every page of the book in headless Chromium: pictures, links, console
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -16,7 +18,8 @@ export POLYGRAPHY_AUTOINSTALL_DEPS := 0
 export PYTHONDONTWRITEBYTECODE := 1
 export MPLBACKEND := Agg
 
-.PHONY: venv course test lab shapes lint clean-venv browser-check checkpoint train-10min
+.PHONY: venv course test lab shapes lint clean-venv browser-check checkpoint train-10min \
+	book book-check
 
 $(VENV)/.installed: pyproject.toml requirements-lock.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -65,6 +68,24 @@ browser-check: venv shapes
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium chromium-driver; }
 	MRTDETR_QUICK=1 $(PY) bench/browser_check.py
+
+# the committed notebooks as they are (never re-executed), the API reference from the docstrings
+# (autodoc imports mrtdetr_lib from this checkout), search; open build/book/_build/html/index.html
+$(VENV)/.book-installed: $(VENV)/.installed
+	$(PY) -m pip install -q --disable-pip-version-check -c requirements-lock.txt -e ".[book]"
+	@touch $@
+
+book: $(VENV)/.book-installed
+	$(PY) book/stage.py --out build/book_src
+	PYTHONPATH=$(CURDIR) $(VENV)/bin/jupyter-book build build/book_src --path-output build/book
+
+# every page in headless Chromium: its pictures load, its links inside the site resolve, the
+# console stays clean, search finds a class; installs chromium like browser-check
+book-check: book
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium chromium-driver; }
+	$(PY) bench/book_check.py --html build/book/_build/html
 
 lint: venv
 	$(VENV)/bin/ruff check mrtdetr_lib tests data_scripts bench

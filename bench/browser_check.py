@@ -202,9 +202,10 @@ def start_browser(user_data_dir: Path) -> Any:
     driver = shutil.which("chromedriver")
     if not (chromium and driver):
         raise CheckFailed("chromium or chromedriver not found: apt-get install -y chromium "
-                          "chromium-driver (`make browser-check` does it)")
+                          "chromium-driver (`make browser-check` and `make book-check` do it)")
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # book_check reads the console
     for flag in CHROMIUM_FLAGS + [f"--user-data-dir={user_data_dir}"]:
         options.add_argument(flag)
     return webdriver.Chrome(options=options, service=Service(driver))
