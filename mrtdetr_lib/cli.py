@@ -129,8 +129,10 @@ def _train(args: argparse.Namespace, cfg: Config) -> int:
 # ---------------------------------------------------------------- eval
 def _eval(args: argparse.Namespace, cfg: Config) -> int:
     from .data import build_dataset
+    from .data.loader import check_eval_size
     from .engine import evaluate, summary
 
+    check_eval_size(cfg)
     model = _model_with_weights(cfg, "eval")
     metrics = evaluate(model, build_dataset(cfg.data, "val"), args.output_dir, verbose=True)
     for key, result in metrics.items():

@@ -137,6 +137,11 @@ def test_bad_training_image_is_one_line_naming_it(capsys, shapes, tmp_path, dama
               why, str(image), "(image id")
 
 
+def test_eval_at_a_size_the_data_is_not_resized_to_is_one_line(capsys):
+    _one_line(capsys, ["eval", "-c", CONFIG, "-o", "weights=course", "model.eval_size=[320,320]"],
+              "data.eval_size [256, 256] differs from model.eval_size [320, 320]")
+
+
 def test_fewer_classes_than_the_data_is_one_line(capsys, shapes, tmp_path):
     _one_line(capsys, ["train", "-c", CONFIG, *_data(shapes), "num_classes=2", "--output_dir",
                        str(tmp_path / "o")],
@@ -218,6 +223,23 @@ def test_infer_onto_a_full_disk_fails_naming_the_file(capsys, shapes, tiny_disk)
     assert "000000.jpg" in lines[0]
     assert " -> " not in capsys.readouterr().out  # nothing reported saved
     assert sorted(os.listdir(tiny_disk)) == ["filler"]  # no 0-byte or partial drawing left
+
+
+def test_a_full_disk_under_any_atomic_write_names_the_file(tiny_disk):
+    """Checkpoints, logs and drawings: write() names no file on ENOSPC; atomic_write does."""
+    from mrtdetr_lib.files import atomic_write
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(b"\0" * 200_000)
+
+    target = tiny_disk / "last.pdckpt"
+    with pytest.raises(OSError) as caught:
+        atomic_write(target, write)
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(target)
+    assert os.listdir(tiny_disk) == []  # the partial .tmp is gone
+    assert cli._os_error(caught.value) == (f"{target}: no space left on device (ENOSPC): free "
+                                           "some space or write elsewhere")
 
 
 def test_unwritable_output_folder_fails_naming_it(capsys, shapes, tmp_path, monkeypatch):

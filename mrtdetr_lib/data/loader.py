@@ -155,15 +155,20 @@ def _shared_memory_ok() -> bool:
     return stat.f_bavail * stat.f_frsize >= 1 << 30
 
 
+def check_eval_size(cfg: Config) -> None:
+    """The evaluation images' size (data.eval_size) must be the model's (its anchors')."""
+    model_size = cfg.model.eval_size
+    if model_size and list(model_size) != list(cfg.data.eval_size):
+        raise UserError(f"data.eval_size {cfg.data.eval_size} differs from model.eval_size "
+                        f"{list(model_size)}: the model's anchors are built for the latter")
+
+
 def build_loader(cfg: Config, split: str, num_workers: Optional[int] = None,
                  seed: Optional[int] = None, dataset: Any = None, rank: int = 0,
                  world_size: int = 1) -> LoaderWithErrors:
     """DataLoader of a split (of `dataset` if given): train shuffles and drops the last partial
     batch, seed = train.seed; each of `world_size` processes reads its own shard."""
-    model_size = cfg.model.eval_size  # checked for training too: evaluation would fail later
-    if model_size and list(model_size) != list(cfg.data.eval_size):
-        raise UserError(f"data.eval_size {cfg.data.eval_size} differs from model.eval_size "
-                        f"{list(model_size)}: the model's anchors are built for the latter")
+    check_eval_size(cfg)  # for training too: evaluation would fail later
     dataset = dataset if dataset is not None else build_dataset(cfg.data, split)
     classes = len(getattr(dataset, "cat_ids", ()))
     if classes > cfg.model.num_classes:  # labels past the last class: the loss would fail
