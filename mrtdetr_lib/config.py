@@ -273,7 +273,8 @@ def update_config(cfg: Config, updates: Dict[str, Any]) -> Config:
 
 # ---------------------------------------------------------------- ranges
 def _at_least(low: int) -> Tuple[Callable[[Any], bool], str]:
-    return (lambda v: v >= low), f"an integer >= {low}"
+    return (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low,
+            f"an integer >= {low}")
 
 
 def _within(low: float, high: float, open_high: bool = False) -> Tuple[Callable[[Any], bool], str]:

@@ -60,6 +60,8 @@ def _data(root):
     ("model.eval_size=[64,64]", "a 64x64 input has 84 feature positions, fewer than "
                                 "model.num_queries 100"),
     ("max_iters=0", "train.max_iters must be an integer >= 1 or null, got 0"),
+    ("max_iters=2.5", "train.max_iters must be an integer >= 1 or null, got 2.5"),
+    ("max_images=many", "data.max_images must be an integer >= 1 or null, got 'many'"),
     ("epochs=0", "train.epochs must be an integer >= 1, got 0"),
     ("epochs=-1", "train.epochs must be an integer >= 1, got -1"),
     ("ema_decay=2", "train.ema_decay must be in [0, 1), got 2.0"),
