@@ -1,19 +1,21 @@
 """Official weights: where they live, how to fetch them, and strict loading with a clear report.
 
 The official PaddleDetection `.pdparams` load unchanged: our parameter names and shapes are
-theirs. A `.pdparams` file is a pickle, and unpickling runs code; `pdparams_to_safetensors`
-converts one once, after which `load_pretrained` reads the safetensors file (plain arrays).
+theirs. A `.pdparams` file is a pickle, and unpickling can run code: every pickle is read through
+`safe_pickle`, which admits only what paddle.save writes for arrays. `pdparams_to_safetensors`
+converts one once into plain arrays, the format the Trainer writes.
 """
 
 import math
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, NamedTuple, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, NamedTuple, Sequence, Tuple, Union
 
 import numpy as np
 import paddle
 
+from . import safe_pickle
 from .download import cache_dir, download
 from .errors import UserError
 from .files import atomic_write
@@ -94,24 +96,44 @@ def resolve(path_or_url: str, progress: bool = True) -> Path:
 
 
 def read_state_dict(path: Union[str, Path]) -> Dict[str, np.ndarray]:
-    """{name: array} from a .safetensors file (no pickle) or a .pdparams file (a pickle)."""
+    """{name: array} from a .safetensors file (no pickle) or a .pdparams file (a pickle, read
+    through `safe_pickle`: a file that would run code is refused)."""
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
     path = Path(path)
-    if not path.is_file():  # else paddle's own error would read like a damaged file
+    if not path.is_file():  # else the reader's own error would read like a damaged file
         raise FileNotFoundError(f"weights file not found: {path}")
     try:
         if path.suffix == ".safetensors":
             return load_file(str(path))
-        state = paddle.load(str(path), return_numpy=True)
-    except (OSError, ValueError, EOFError, RuntimeError, pickle.UnpicklingError,
-            SafetensorError) as err:
+        state = safe_pickle.load(path)
+    except safe_pickle.UnsafePickleError:
+        raise
+    except (OSError, ValueError, EOFError, RuntimeError, TypeError, KeyError, IndexError,
+            pickle.UnpicklingError, SafetensorError) as err:
         raise IOError(f"cannot read weights file {path}: {err} (truncated or not a weights "
                       "file? delete it and download again)") from None
     if not isinstance(state, dict):
         raise IOError(f"{path} does not hold a state dict (got {type(state).__name__})")
-    return {k: np.asarray(v) for k, v in state.items()}
+    return _arrays(state)
+
+
+def _arrays(state: Dict[str, Any]) -> Dict[str, np.ndarray]:
+    """paddle.save's layouts of a state dict, read as `paddle.load(return_numpy=True)` does."""
+    state = dict(state)
+    state.pop("StructuredToParameterName@@", None)  # paddle 2.0: structured name -> param.name
+    for name, info in state.pop("UnpackBigParamInfor@@", {}).items():  # a >1 GB tensor in slices
+        parts = [state.pop(part) for part in info["slices"]]
+        state[name] = np.concatenate(parts).reshape(info["OriginShape"])
+    return {k: np.asarray(v[1] if _is_named_array(v) else v) for k, v in state.items()}
+
+
+def _is_named_array(value: Any) -> bool:
+    """paddle.save writes a tensor inside a nested dict (and paddle 2.1 every tensor) as
+    (param.name, array)."""
+    return (isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str)
+            and isinstance(value[1], np.ndarray))
 
 
 def _listing(items: List[str], limit: int = 12) -> str:

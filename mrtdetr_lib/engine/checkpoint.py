@@ -3,7 +3,8 @@
 PaddleDetection saves `.pdparams` (EMA weights), `.pdema` and `.pdopt` side by side with plain
 `paddle.save` (`ppdet/utils/checkpoint.py`); a kill during the write leaves a broken file. Here
 every file is written to a temporary name and renamed over the old one (`files.atomic_write`),
-so the last good checkpoint survives any interruption.
+so the last good checkpoint survives any interruption. Reading goes through `safe_pickle`: a
+checkpoint that would run code is refused.
 """
 
 import random
@@ -14,6 +15,8 @@ import numpy as np
 import paddle
 from paddle import nn
 
+from .. import safe_pickle
+from ..errors import UserError
 from ..files import atomic_write
 
 # AdamW accumulators are saved under "<param.name>_<accumulator>_0"; param.name ("linear_12.w_0")
@@ -25,6 +28,28 @@ _ACCUMULATOR = re.compile(r"^(?P<param>.+)_(?P<acc>moment1|moment2|moment2_max|b
 def atomic_save(obj: Any, path: str) -> None:
     """paddle.save to `path.tmp`, fsync, then rename over `path`: never a half-written file."""
     atomic_write(path, lambda tmp: paddle.save(obj, tmp))
+
+
+def read_checkpoint(path: str) -> Any:
+    """What `atomic_save` wrote, through the guard; (name, array) pairs become tensors again, as
+    paddle.load makes them."""
+    try:
+        return _tensors(safe_pickle.load(path))
+    except safe_pickle.UnsafePickleError:
+        raise
+    except Exception as err:  # a foreign or broken pickle fails in many ways
+        raise UserError(f"{path} is not a readable trainer checkpoint ({err})") from None
+
+
+def _tensors(obj: Any) -> Any:
+    if (isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], str)
+            and isinstance(obj[1], np.ndarray)):  # how paddle.save pickles a nested tensor
+        return paddle.to_tensor(obj[1])
+    if isinstance(obj, dict):
+        return type(obj)((key, _tensors(value)) for key, value in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_tensors(value) for value in obj)
+    return obj
 
 
 def rng_state() -> Dict[str, Any]:

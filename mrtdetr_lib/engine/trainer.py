@@ -35,7 +35,14 @@ from ..errors import UserError
 from ..loss.criterion import build_criterion
 from ..model.detr import build_model
 from ..weights import load_backbone, load_pretrained
-from .checkpoint import atomic_save, optimizer_state, rng_state, set_optimizer_state, set_rng_state
+from .checkpoint import (
+    atomic_save,
+    optimizer_state,
+    read_checkpoint,
+    rng_state,
+    set_optimizer_state,
+    set_rng_state,
+)
 from .diagnose import collapse_problem, stuck_problem
 from .ema import ModelEMA
 from .evaluator import evaluate, summary
@@ -287,10 +294,7 @@ class Trainer:
         """Continue exactly where `save_checkpoint` left off (same config, same data)."""
         if not os.path.isfile(path):
             raise FileNotFoundError(f"checkpoint to resume not found: {path}")
-        try:
-            state = paddle.load(path)
-        except Exception as err:  # paddle raises many kinds on a foreign or broken file
-            raise UserError(f"{path} is not a readable trainer checkpoint ({err})") from None
+        state = read_checkpoint(path)
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise UserError(f"{path} is not a trainer checkpoint (a .pdparams file holds only "
                             "weights: use pretrain_weights= or weights= for those)")
