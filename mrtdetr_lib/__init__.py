@@ -21,6 +21,7 @@ from .config import (
     quick_mode,
     save_config,
 )
+from .errors import UserError
 from .runtime import set_num_threads, setup
 
 __version__ = "0.1.0"
@@ -41,7 +42,7 @@ _LAZY = {
 
 __all__ = ["ARCHS", "Config", "DataConfig", "LossConfig", "ModelConfig", "TrainConfig",
            "get_config", "load_config", "model_config", "quick_mode", "save_config",
-           "set_num_threads", "setup", *_LAZY]
+           "set_num_threads", "setup", "UserError", *_LAZY]
 
 
 def __getattr__(name: str):
