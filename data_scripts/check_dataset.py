@@ -3,12 +3,12 @@
     python data_scripts/check_dataset.py ANNOTATIONS.json IMAGE_DIR [--skip-images]
         [--num_classes K | -c CONFIG]
 
-Prints the category ids training will use (COCO id -> label, name), notes (unused categories,
-crowd regions), then every problem with its file and image/annotation ids (missing or corrupt
-images, sizes that disagree with the json, bad boxes, degenerate polygons, wrong RLE, NaN or
-infinite numbers, unknown categories, duplicate ids, a category count that is not the model's
-num_classes) and exits with status 1 if there is any. A COCO json from CVAT or Roboflow is
-checked as it is.
+Prints the category ids training will use (COCO id -> label, name), then every problem with its
+file and image/annotation ids (missing or corrupt images, sizes that disagree with the json, bad
+boxes, degenerate polygons, wrong RLE, NaN or infinite numbers, unknown categories, duplicate
+ids, a category count that is not the model's num_classes) and warnings (EXIF-rotated images,
+unused categories, crowd regions), and exits with status 1 if there is a problem. A COCO json
+from CVAT or Roboflow is checked as it is.
 """
 
 import argparse
@@ -43,7 +43,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 2
     report = check_dataset(args.annotations, args.image_dir, not args.skip_images, args.threads,
                            progress=not args.no_progress, num_classes=num_classes)
-    if report.category_map or report.notes:
+    if report.category_map:
         print(report.category_table())
     print(report)
     return 0 if report.ok else 1

@@ -19,6 +19,7 @@ import sys
 from typing import List, Optional
 
 from mrtdetr_lib.data.convert import convert
+from mrtdetr_lib.errors import UserError
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -44,7 +45,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                          args.output_dir, (args.train_proportion, args.val_proportion,
                                            args.test_proportion),
                          args.seed, args.keep_empty, args.labels, args.class_input_dir)
-    except ValueError as err:
+    except UserError as err:
         print(err, file=sys.stderr)
         return 1
     for split, (images, objects) in counts.items():

@@ -20,6 +20,7 @@ from mrtdetr_lib.data import COCOInstanceDataset, segmentation_to_mask
 from mrtdetr_lib.data.check import check_dataset
 from mrtdetr_lib.data.convert import convert, read_class_names, read_index_png
 from mrtdetr_lib.data.shapes import CLASSES, render_image
+from mrtdetr_lib.errors import UserError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "labelme"
 
@@ -132,7 +133,7 @@ def edit_shape(tmp_path, **changes):
     data = json.loads((src / "scene.json").read_text())
     data["shapes"][0].update(changes)
     (src / "scene.json").write_text(json.dumps(data))
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(UserError) as err:
         convert("labelme", str(src), None, str(tmp_path / "out"), labels=str(src / "labels.txt"))
     assert not (tmp_path / "out").exists()  # nothing written
     lines = str(err.value).splitlines()
@@ -274,7 +275,7 @@ def test_yolo_class_names_files(tmp_path):
     (tmp_path / "gap.yaml").write_text("names: {0: cat, 2: dog}\n")
     assert read_class_names(str(tmp_path / "classes.txt")) == ["cat", "dog"]
     assert read_class_names(str(tmp_path / "list.yaml")) == ["cat", "dog"]
-    with pytest.raises(ValueError, match="keys \\[0, 2\\] are not 0..1"):
+    with pytest.raises(UserError, match="keys \\[0, 2\\] are not 0..1"):
         read_class_names(str(tmp_path / "gap.yaml"))
 
 
@@ -290,7 +291,7 @@ def test_yolo_bad_lines_name_file_and_line(tmp_path):
         "1 0.1 0.1 0.5 0.1 0.5 0.5\n")  # fine
     (tmp_path / "labels" / "orphan.txt").write_text("")
     (tmp_path / "classes.txt").write_text("cat\ndog\n")
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(UserError) as err:
         convert("yolo_seg", str(tmp_path / "labels"), str(tmp_path / "images"),
                 str(tmp_path / "out"), labels=str(tmp_path / "classes.txt"))
     label = tmp_path / "labels" / "a.txt"
@@ -377,12 +378,12 @@ def test_masks_bad_inputs(tmp_path):
     save_palette_png(ids, tmp_path / "objects" / "c.png")
     Image.new("RGB", (8, 8)).save(tmp_path / "images" / "c.jpg")
     (tmp_path / "names.txt").write_text("cat\ndog\n")
-    with pytest.raises(ValueError, match="line 0 is 'cat'; it names class value 0"):
+    with pytest.raises(UserError, match="line 0 is 'cat'; it names class value 0"):
         convert("masks", str(tmp_path / "objects"), str(tmp_path / "images"),
                 str(tmp_path / "out"), labels=str(tmp_path / "names.txt"),
                 class_input_dir=str(tmp_path / "classes"))
     (tmp_path / "names.txt").write_text("__ignore__\n_background_\ncat\n")  # labelme2voc's
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(UserError) as err:
         convert("masks", str(tmp_path / "objects"), str(tmp_path / "images"),
                 str(tmp_path / "out"), labels=str(tmp_path / "names.txt"),
                 class_input_dir=str(tmp_path / "classes"))

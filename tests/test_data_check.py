@@ -260,10 +260,10 @@ def test_roboflow_export_passes_with_a_note_on_its_project_category(tmp_path):
     assert run(tmp_path, edit) == []
     report = check_dataset(str(tmp_path / "anno.json"), str(tmp_path), num_classes=2)
     assert report.category_map[0] == (0, 0, "pets")
-    assert report.notes == ["category id 0 ('pets') has no annotation but still takes label 0 "
-                            "and a class of the model: it is the others' supercategory, as the "
-                            "project category 0 of Roboflow's export (delete it from the json, "
-                            "or count it in num_classes)"]
+    assert [str(w) for w in report.warnings] == [
+        f"{tmp_path / 'anno.json'}: category id 0 ('pets') has no annotation but still takes "
+        "label 0 and a class of the model: it is the others' supercategory, as the project "
+        "category 0 of Roboflow's export (delete it from the json, or count it in num_classes)"]
     only([str(p) for p in report.problems], "3 categories but num_classes is 2")
 
 
@@ -288,6 +288,9 @@ def test_cvat_export_masks_are_crowd_and_boxes_have_no_mask(tmp_path):
     only(run(tmp_path, edit), "annotation id 12: empty segmentation (no polygon): a box without "
          "a mask (CVAT writes [] for rectangles), which training leaves out")
     report = check_dataset(str(tmp_path / "anno.json"), str(tmp_path))
-    assert report.notes == ["1 of 3 annotations are crowd regions (iscrowd 1): training leaves "
-                            "them out of the targets (CVAT's COCO export marks every object "
-                            "drawn as a mask so; polygons export as iscrowd 0)"]
+    assert [str(w) for w in report.warnings] == [
+        f"{tmp_path / 'anno.json'}: 1 of 3 annotations are crowd regions (iscrowd 1): training "
+        "leaves them out of the targets (CVAT's COCO export marks every object drawn as a mask "
+        "so; polygons export as iscrowd 0)"]
+    assert str(report).endswith("1 problem(s) in 2 images, 3 annotations, 2 categories, "
+                                "1 warning(s)")

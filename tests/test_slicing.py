@@ -12,6 +12,7 @@ import pytest
 
 from mrtdetr_lib.data import segmentation_to_mask
 from mrtdetr_lib.data.shapes import render_image
+from mrtdetr_lib.errors import UserError
 from mrtdetr_lib.infer import Predictor
 from mrtdetr_lib.slicing import predict_sliced, slice_windows
 
@@ -61,7 +62,7 @@ def test_windows_cover_the_image_with_the_overlap():
         covered[y1:y2, x1:x2] += 1
     assert covered.min() >= 1
     assert slice_windows(50, 40, (640, 640)) == [(0, 0, 40, 50)]  # smaller than a tile: one
-    with pytest.raises(ValueError, match="overlap_ratio"):
+    with pytest.raises(UserError, match="overlap_ratio"):
         slice_windows(50, 40, (32, 32), (1.0, 0.2))
 
 
@@ -111,7 +112,7 @@ def test_touching_objects_with_overlapping_boxes_stay_apart():
     # IoU does not take a cut piece for its whole object (why ios is the default)
     by_iou = predict_sliced(fake_predict, image, (96, 96), (0.5, 0.5), match_metric="iou")
     assert len(by_iou["masks"]) > 2
-    with pytest.raises(ValueError, match="combine_method 'mean' is not one of nms, nmm, concat"):
+    with pytest.raises(UserError, match="combine_method 'mean' is not one of nms, nmm, concat"):
         predict_sliced(fake_predict, image, combine_method="mean")
 
 
@@ -170,6 +171,11 @@ def test_infer_cli_slice_flags(tmp_path, capsys):
         image, (200, 200), (0.5, 0.5), "nmm")
     assert printed.startswith(f"{tmp_path / 'a.png'}: {len(wanted['scores'])} instances -> ")
     assert (tmp_path / "out" / "a.png").is_file()
+    # a bad tile size is the user's mistake: one line, status 2, no traceback
+    assert main(["infer", "-c", str(weights.parent / "config.yml"), "-o", f"weights={weights}",
+                 "--infer_img", str(tmp_path / "a.png"), "--output_dir", str(tmp_path / "out"),
+                 "--slice_infer", "--slice_size", "0", "200"]) == 2
+    assert "slice_size [0, 200] must be two sizes >= 1" in capsys.readouterr().err
 
 
 def test_bench_slicing_prints_a_line_per_method(capsys):

@@ -7,10 +7,10 @@ or degenerate polygons, RLE of the wrong size, unknown categories or images, dup
 NaN or infinity anywhere in an annotation (`annotation_number_problems`, which the data set's
 loader calls too). It also gives the category ids training will use (`category_map`: sorted ids
 to labels 0..K-1, as the loader maps them), fails when their number differs from the model's
-`num_classes`, and notes what exports of CVAT and Roboflow leave for training to skip: a category
-no annotation uses (it still takes a label) and crowd regions (never targets). Images with an
-EXIF orientation get a warning: viewers show them turned, training reads the frame the json's
-size describes (see `transforms.Decode`).
+`num_classes`, and warns about what exports of CVAT and Roboflow leave for training to skip: a
+category no annotation uses (it still takes a label) and crowd regions (never targets). Images
+with an EXIF orientation get a warning: viewers show them turned, training reads the frame the
+json's size describes (see `transforms.Decode`).
 """
 
 import json
@@ -54,7 +54,6 @@ class Report:
     num_annotations: int = 0
     num_categories: int = 0
     category_map: List[Tuple[Any, int, str]] = field(default_factory=list)  # see category_map()
-    notes: List[str] = field(default_factory=list)  # not errors, worth knowing before training
     warnings: List[Problem] = field(default_factory=list)  # images to look at; not errors
 
     @property
@@ -72,10 +71,10 @@ class Report:
         return "\n".join(lines)
 
     def category_table(self) -> str:
-        """The category ids training will use, one a line, then the notes."""
+        """The category ids training will use, one a line."""
         lines = [f"category id {cat_id} -> label {label}: {name}"
                  for cat_id, label, name in self.category_map]
-        return "\n".join(lines + [f"note: {note}" for note in self.notes])
+        return "\n".join(lines)
 
 
 def category_map(categories: List[Dict[str, Any]]) -> List[Tuple[Any, int, str]]:
@@ -87,7 +86,8 @@ def category_map(categories: List[Dict[str, Any]]) -> List[Tuple[Any, int, str]]
 
 def _category_problems(data: Dict[str, Any], num_classes: Optional[int], anno_path: str
                        ) -> Tuple[List[Problem], List[str]]:
-    """Category ids that are no integers or do not fit `num_classes`; notes on unused ones."""
+    """(problems, warnings): category ids that are no integers or do not fit `num_classes`;
+    unused categories and crowd regions."""
     problems = [Problem(anno_path, f"category {str(c)[:80]} has no integer id")
                 for c in data["categories"] if not isinstance(c.get("id"), int)]
     count = sum(isinstance(c.get("id"), int) for c in data["categories"])
@@ -110,7 +110,7 @@ def _category_problems(data: Dict[str, Any], num_classes: Optional[int], anno_pa
         notes.append(f"{crowd} of {len(data['annotations'])} annotations are crowd regions "
                      "(iscrowd 1): training leaves them out of the targets (CVAT's COCO export "
                      "marks every object drawn as a mask so; polygons export as iscrowd 0)")
-    return problems, notes
+    return problems, [Problem(anno_path, note) for note in notes]
 
 
 def _duplicates(items: List[Dict[str, Any]]) -> List[Any]:
@@ -338,7 +338,7 @@ def check_dataset(anno_path: str, image_dir: str, check_images: bool = True,
     report.num_images, report.num_annotations = len(data["images"]), len(data["annotations"])
     report.num_categories = len(data["categories"])
     report.category_map = category_map(data["categories"])
-    problems, report.notes = _category_problems(data, num_classes, anno_path)
+    problems, report.warnings = _category_problems(data, num_classes, anno_path)
     report.problems += problems
     for key in ("categories", "images", "annotations"):
         report.problems += [Problem(anno_path, f"duplicate {key[:-1]} id {dup}")
@@ -352,7 +352,8 @@ def check_dataset(anno_path: str, image_dir: str, check_images: bool = True,
                                            "id, file_name, width, height", im.get("id")))
     report.problems += _check_annotations(data, images, anno_path)
     if check_images:
-        problems, report.warnings = _check_image_files(list(images.values()), image_dir,
-                                                       num_threads, progress)
+        problems, warnings = _check_image_files(list(images.values()), image_dir, num_threads,
+                                                progress)
         report.problems += problems
+        report.warnings += warnings
     return report

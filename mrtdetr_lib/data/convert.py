@@ -5,7 +5,7 @@ and output layout: `annotations/instance_{train,val,test}.json`, images copied i
 `val/`, `test/`. Unlike it, each object's `area` and `bbox` come from the object's rasterised
 mask (pycocotools), not from its box; the split is a seeded shuffle of the sorted inputs; and
 every bad input is one line naming the file and the shape, all collected and raised together
-(ValueError) before anything is written.
+(a UserError) before anything is written.
 
 - `labelme`: polygon, rectangle, circle, oriented_rectangle and mask shapes (labelme >= 5.2 saves
   a mask shape as a base64 PNG cropped to the box its two points give). Shapes with the same label
@@ -43,6 +43,7 @@ import pycocotools.mask as mask_util
 import yaml
 from PIL import Image
 
+from ..errors import UserError
 from ..files import atomic_write
 from .coco import mask_to_rle
 
@@ -53,7 +54,7 @@ IGNORE, BACKGROUNDS = "__ignore__", ("_background_", "background", "__background
 Part = Union[List[float], np.ndarray]  # a flat polygon [x1, y1, ...] or a [H,W] mask
 
 
-class BadShape(ValueError):
+class BadShape(UserError):
     """One shape (or line) that cannot be converted; the caller adds its file and name."""
 
 
@@ -73,19 +74,22 @@ class Sample:
 def read_class_names(path: str) -> List[str]:
     """Names from a data.yaml's `names:` (list or {index: name}) or a text file, one a line."""
     if not os.path.isfile(path):
-        raise ValueError(f"labels file not found: {path}")
+        raise UserError(f"labels file not found: {path}")
     if path.lower().endswith((".yaml", ".yml")):
-        names = (yaml.safe_load(Path(path).read_text()) or {}).get("names")
+        try:
+            names = (yaml.safe_load(Path(path).read_text()) or {}).get("names")
+        except yaml.YAMLError as err:
+            raise UserError(f"{path}: not readable yaml: {err}") from err
         if isinstance(names, dict):
             if sorted(names) != list(range(len(names))):
-                raise ValueError(f"{path}: names: keys {sorted(names)} are not 0..{len(names) - 1}")
+                raise UserError(f"{path}: names: keys {sorted(names)} are not 0..{len(names) - 1}")
             names = [names[k] for k in range(len(names))]
         if not isinstance(names, list) or not names:
-            raise ValueError(f"{path}: no `names:` list or mapping of class names")
+            raise UserError(f"{path}: no `names:` list or mapping of class names")
         return [str(name) for name in names]
     names = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
     if not names:
-        raise ValueError(f"{path}: no class names (one name a line)")
+        raise UserError(f"{path}: no class names (one name a line)")
     return names
 
 
@@ -96,7 +100,7 @@ def image_size(source: Union[str, bytes]) -> Tuple[int, int]:
             width, height = image.size
             rotated = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # 90 or 270 degrees
     except (OSError, SyntaxError) as err:  # PIL's UnidentifiedImageError is an OSError
-        raise ValueError(f"cannot be read as an image: {err}") from err
+        raise UserError(f"cannot be read as an image: {err}") from err
     return (height, width) if rotated else (width, height)
 
 
@@ -190,7 +194,7 @@ def _labelme_image(data: Dict[str, Any], json_path: str, image_dir: Optional[str
         if not os.path.splitext(name)[1]:
             name += ".png" if image_bytes[:4] == b"\x89PNG" else ".jpg"
         return name, None, image_bytes
-    raise ValueError(f"image not found (looked for {' and '.join(candidates) or 'imagePath'}) "
+    raise UserError(f"image not found (looked for {' and '.join(candidates) or 'imagePath'}) "
                      "and no imageData embedded")
 
 
@@ -199,9 +203,9 @@ def _read_json(path: str) -> Dict[str, Any]:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"not readable json: {err}") from err
+        raise UserError(f"not readable json: {err}") from err
     if not isinstance(data, dict) or not isinstance(data.get("shapes"), list):
-        raise ValueError("not a labelme file (no `shapes` list)")
+        raise UserError("not a labelme file (no `shapes` list)")
     return data
 
 
@@ -212,7 +216,7 @@ def _labelme_file(json_path: str, image_dir: Optional[str], problems: List[str]
         data = _read_json(json_path)
         name, path, image_bytes = _labelme_image(data, json_path, image_dir)
         width, height = image_size(path or image_bytes)
-    except ValueError as err:
+    except UserError as err:
         problems.append(f"{json_path}: {err}")
         return None
     declared = (data.get("imageWidth"), data.get("imageHeight"))
@@ -284,7 +288,7 @@ def yolo_line_part(line: str, num_classes: int, width: int, height: int) -> Tupl
         raise BadShape(f"class {tokens[0]!r} is not one of 0..{num_classes - 1}")
     try:
         coords = [float(t) for t in tokens[1:]]
-    except ValueError as err:
+    except UserError as err:
         raise BadShape(f"has a coordinate that is not a number: {err}") from err
     if len(coords) % 2:
         raise BadShape(f"has {len(coords)} coordinates, an odd number")
@@ -299,7 +303,7 @@ def load_yolo_seg(label_dir: str, image_dir: str, labels: Optional[str],
                   problems: List[str]) -> Tuple[List[Sample], List[str]]:
     """Samples and class names of YOLO segmentation labels (one .txt per image)."""
     if labels is None:
-        raise ValueError("yolo_seg needs the class names: --labels data.yaml (its `names:`) or "
+        raise UserError("yolo_seg needs the class names: --labels data.yaml (its `names:`) or "
                          "classes.txt")
     names = read_class_names(labels)
     label_files = {Path(name).stem: os.path.join(label_dir, name)
@@ -309,7 +313,7 @@ def load_yolo_seg(label_dir: str, image_dir: str, labels: Optional[str],
     for stem, path in _images_by_stem(image_dir).items():
         try:
             width, height = image_size(path)
-        except ValueError as err:
+        except UserError as err:
             problems.append(f"{path}: {err}")
             continue
         sample = Sample(label_files.get(stem, path), os.path.basename(path), width, height, path)
@@ -337,21 +341,21 @@ def read_index_png(path: str) -> np.ndarray:
     try:
         with Image.open(path) as image:
             if image.mode not in ("P", "L", "I;16", "I"):  # RGB(A) would be colours, not ids
-                raise ValueError(f"is a {image.mode} image, not a palette or grayscale id image")
+                raise UserError(f"is a {image.mode} image, not a palette or grayscale id image")
             return np.asarray(image)  # uint8 for P and L, wider for the 16-bit modes
     except OSError as err:
-        raise ValueError(f"cannot be read as an image: {err}") from err
+        raise UserError(f"cannot be read as an image: {err}") from err
 
 
 def mask_names(labels: Optional[str], with_classes: bool) -> List[str]:
     """Category names for class values 1..K (line 0 of the labels file is the background)."""
     if labels is None:
         if with_classes:
-            raise ValueError("masks with class PNGs need --labels: line k names class value k")
+            raise UserError("masks with class PNGs need --labels: line k names class value k")
         return ["object"]
     names = [n for n in read_class_names(labels) if n != IGNORE]  # labelme2voc's labels.txt
     if names[0] not in BACKGROUNDS:
-        raise ValueError(f"{labels}: line 0 is {names[0]!r}; it names class value 0, the "
+        raise UserError(f"{labels}: line 0 is {names[0]!r}; it names class value 0, the "
                          f"background ({' or '.join(BACKGROUNDS)})")
     return names[1:] if with_classes else names[1:2]
 
@@ -392,13 +396,13 @@ def load_masks(object_dir: str, image_dir: str, labels: Optional[str], class_dir
         path, stem = os.path.join(object_dir, name), Path(name).stem
         try:
             if stem not in images:
-                raise ValueError(f"no image {stem}.* in {image_dir}")
+                raise UserError(f"no image {stem}.* in {image_dir}")
             width, height = image_size(images[stem])
             ids = read_index_png(path)
             if class_dir and not os.path.isfile(os.path.join(class_dir, name)):
-                raise ValueError(f"no class image {name} in {class_dir}")
+                raise UserError(f"no class image {name} in {class_dir}")
             classes = read_index_png(os.path.join(class_dir, name)) if class_dir else None
-        except ValueError as err:
+        except UserError as err:
             problems.append(f"{path}: {err}")
             continue
         shapes = {ids.shape, (height, width)} | ({classes.shape} if classes is not None else set())
@@ -453,12 +457,12 @@ def write_split(output_dir: str, split: str, samples: Sequence[Sample], names: S
 def _check_inputs(dataset_type: str, folders: Dict[str, Optional[str]],
                   proportions: Sequence[float]) -> None:
     if dataset_type not in ("labelme", "yolo_seg", "masks"):
-        raise ValueError(f"dataset_type {dataset_type!r} is not one of labelme, yolo_seg, masks")
+        raise UserError(f"dataset_type {dataset_type!r} is not one of labelme, yolo_seg, masks")
     for flag, folder in folders.items():
         if folder is not None and not os.path.isdir(folder):
-            raise ValueError(f"--{flag} is not a folder: {folder}")
+            raise UserError(f"--{flag} is not a folder: {folder}")
     if len(proportions) != 3 or min(proportions) < 0 or abs(sum(proportions) - 1) > 1e-5:
-        raise ValueError(f"train/val/test proportions {list(proportions)} must be >= 0 and sum "
+        raise UserError(f"train/val/test proportions {list(proportions)} must be >= 0 and sum "
                          "to 1")
 
 
@@ -470,12 +474,12 @@ def convert(dataset_type: str, json_input_dir: str, image_input_dir: Optional[st
 
     `json_input_dir` holds the labelme json files, the YOLO .txt labels or the instance-id PNGs;
     `image_input_dir` the images (optional for labelme: `imagePath` is relative to its json).
-    Raises ValueError listing every bad input, one a line, before anything is written.
+    Raises a UserError listing every bad input, one a line, before anything is written.
     """
     if json_input_dir is None:
-        raise ValueError("give --json_input_dir: the folder of annotation files")
+        raise UserError("give --json_input_dir: the folder of annotation files")
     if dataset_type != "labelme" and image_input_dir is None:
-        raise ValueError(f"{dataset_type} needs --image_input_dir (the images)")
+        raise UserError(f"{dataset_type} needs --image_input_dir (the images)")
     _check_inputs(dataset_type, {"json_input_dir": json_input_dir,
                                  "image_input_dir": image_input_dir,
                                  "class_input_dir": class_input_dir}, proportions)
@@ -494,10 +498,10 @@ def convert(dataset_type: str, json_input_dir: str, image_input_dir: Optional[st
                             f"{seen[sample.file_name]}")
         seen[sample.file_name] = sample.source
     if problems:
-        raise ValueError("\n".join(problems))
+        raise UserError("\n".join(problems))
     kept = [s for s in samples if keep_empty or any(not o["iscrowd"] for o in s.objects)]
     if not kept:
-        raise ValueError(f"{json_input_dir}: no image with an object (--keep_empty keeps images "
+        raise UserError(f"{json_input_dir}: no image with an object (--keep_empty keeps images "
                          "without objects)")
     counts = {}
     for split, split_samples_ in split_samples(kept, proportions, seed).items():
