@@ -150,7 +150,7 @@ def test_denoising_queries_do_not_leak_into_matching_queries():
     memory, shapes = model.project_memory(enc)
     content, ref_unact = paddle.randn([2, 20, 32]), paddle.randn([2, 20, 4])
     model.train()  # the denoising group is built in training only
-    dn_content, dn_ref, attn_mask, meta = model.denoising_group(_targets())
+    dn_content, dn_ref, attn_mask, meta = model.denoising_group(**_targets())
     model.eval()
     additive = paddle.where(attn_mask, paddle.zeros(attn_mask.shape),
                             paddle.full(attn_mask.shape, float("-inf")))
@@ -168,7 +168,7 @@ def test_denoising_queries_do_not_leak_into_matching_queries():
 def test_training_outputs_and_gradients():
     model = _transformer()
     model.train()
-    out = model(_feats(), _targets())
+    out = model(_feats(), **_targets())
     num_dn = out["dn_meta"]["dn_num_split"][0]  # 12 // 2 = 6 groups of 2
     assert num_dn == 12 and out["dec_logits"].shape == [3, 2, 32, 4]
     assert out["dec_masks"].shape == [3, 2, 32, 32, 40]

@@ -68,9 +68,9 @@ class COCOEvaluator:
         """Add the eval outputs of one batch whose images have COCO ids `im_ids`."""
         im_ids = [int(i) for i in _numpy(im_ids).reshape(-1)]
         self.image_ids.update(im_ids)
-        batch = to_coco_results(outputs, im_ids, self.cat_ids)
+        results = to_coco_results(outputs, im_ids, self.cat_ids)
         for key in self.iou_types:
-            self.results[key] += batch[key]
+            self.results[key] += results[key]
 
     def save(self, output_dir: str) -> List[str]:
         """Write `bbox.json` / `mask.json` (ppdet's names) and return their paths."""
@@ -126,7 +126,7 @@ def evaluate_predictor(predict: Callable[[Dict[str, Any]], Dict[str, Any]], load
                        coco_gt: Union[COCO, str], cat_ids: Optional[Sequence[int]] = None,
                        output_dir: Optional[str] = None, verbose: bool = False,
                        progress: bool = True) -> Dict[str, dict]:
-    """COCO AP of any `predict(batch) -> eval outputs` (library, Paddle Inference, ONNX, ...).
+    """COCO AP of any `predict(inputs) -> eval outputs` (library, Paddle Inference, ONNX, ...).
 
     Each batch must carry `im_id` [B] or [B,1] plus what `predict` reads (`image`, `im_shape`,
     `scale_factor`); outputs as the model's eval outputs, as tensors or numpy arrays.
@@ -134,8 +134,8 @@ def evaluate_predictor(predict: Callable[[Dict[str, Any]], Dict[str, Any]], load
     from tqdm.auto import tqdm
 
     evaluator = COCOEvaluator(coco_gt, cat_ids)
-    for batch in tqdm(loader, desc="eval", disable=not progress, leave=False):
-        evaluator.update(batch["im_id"], predict(batch))
+    for inputs in tqdm(loader, desc="eval", disable=not progress, leave=False):
+        evaluator.update(inputs["im_id"], predict(inputs))
     if output_dir:
         evaluator.save(output_dir)
     return evaluator.accumulate(verbose)

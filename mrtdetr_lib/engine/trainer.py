@@ -142,8 +142,8 @@ class Trainer:
             with _graceful_stop(self):
                 while self.global_step < self.total_steps and not self.stop_reason:
                     self.sampler.set_epoch(self.epoch, skip=self.step_in_epoch)
-                    for batch in self.loader:
-                        record = self._train_step(net, batch)
+                    for inputs in self.loader:
+                        record = self._train_step(net, inputs)
                         bar.update(1)
                         bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}")
                         yield record
@@ -171,11 +171,11 @@ class Trainer:
         self._print(f"stopped at step {self.global_step} ({self.stop_reason}); "
                     f"continue with -r {self.checkpoint_path}")
 
-    def _train_step(self, net: nn.Layer, batch: Dict[str, Any]) -> Record:
+    def _train_step(self, net: nn.Layer, inputs: Dict[str, Any]) -> Record:
         tic = time.time()
         with paddle.amp.auto_cast(enable=self.amp, level="O1"):
-            outputs = net(batch)
-            losses = self.criterion(outputs, batch)
+            outputs = net(inputs)
+            losses = self.criterion(outputs, inputs)
         loss = losses["loss"]
         if self.scaler is not None:
             self.scaler.scale(loss).backward()

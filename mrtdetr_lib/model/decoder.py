@@ -11,7 +11,7 @@ Mirrors `ppdet/modeling/transformers/mask_rtdetr_transformer.py` (`MaskRTDETR`,
 Every step is a public method so a notebook can run and inspect them one by one.
 """
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import paddle
 import paddle.nn as nn
@@ -242,19 +242,24 @@ class MaskRTDETRTransformer(nn.Layer):
         boxes = mask_to_box_coordinate(masks > 0, normalize=True, format="xywh")
         return inverse_sigmoid(boxes)
 
-    def denoising_group(self, inputs: Optional[dict]):
-        """Training only: (queries [B, Qdn, D], boxes_unact [B, Qdn, 4], attn_mask, dn_meta)."""
-        if not self.training or inputs is None:
+    def denoising_group(self, gt_class: Optional[List[paddle.Tensor]] = None,
+                        gt_bbox: Optional[List[paddle.Tensor]] = None):
+        """Training only: (queries [B, Qdn, D], boxes_unact [B, Qdn, 4], attn_mask, dn_meta)
+        from per image gt_class [n_i, 1] and gt_bbox [n_i, 4] (cxcywh 0..1)."""
+        if not self.training or gt_class is None:
             return None, None, None, None
         return get_denoising_training_group(
-            inputs, self.num_classes, self.num_queries, self.denoising_class_embed.weight,
-            self.num_denoising, self.label_noise_ratio, self.box_noise_scale)
+            {"gt_class": gt_class, "gt_bbox": gt_bbox}, self.num_classes, self.num_queries,
+            self.denoising_class_embed.weight, self.num_denoising, self.label_noise_ratio,
+            self.box_noise_scale)
 
     # ------------------------------------------------------------------ forward
     def forward(self, feats: Tuple[List[paddle.Tensor], paddle.Tensor],
-                inputs: Optional[dict] = None) -> Dict[str, Optional[paddle.Tensor]]:
-        """(3 maps [B, C_l, h, w], prototypes [B, M, H/4, W/4]), the batch `inputs` (training:
-        its gt_class and gt_bbox make the denoising queries) -> dict:
+                gt_class: Optional[List[paddle.Tensor]] = None,
+                gt_bbox: Optional[List[paddle.Tensor]] = None
+                ) -> Dict[str, Optional[paddle.Tensor]]:
+        """(3 maps [B, C_l, h, w], prototypes [B, M, H/4, W/4]), training targets per image
+        gt_class [n_i, 1] and gt_bbox [n_i, 4] (they make the denoising queries) -> dict:
 
         dec_logits [L', B, Qt, K], dec_boxes [L', B, Qt, 4], dec_masks [L', B, Qt, H/4, W/4]:
             per decoder layer (training: all L; eval: only layer eval_idx, L' = 1);
@@ -262,6 +267,7 @@ class MaskRTDETRTransformer(nn.Layer):
         enc_logits [B, Q, K], enc_boxes [B, Q, 4], enc_masks [B, Q, H/4, W/4]: the selected
             encoder proposals. init_logits/boxes/masks [B, Qt, ...]: the decoder's input
             queries (training with denoising, else None). dn_meta: dict or None.
+        `split_predictions` (below) parts the denoising queries from the others again.
         """
         enc_feats, mask_feat = feats
         memory, spatial_shapes = self.project_memory(enc_feats)
@@ -273,7 +279,7 @@ class MaskRTDETRTransformer(nn.Layer):
             ref_unact = self.mask_enhanced_reference(out["enc_masks"])
         content = content.detach()  # the decoder starts from the proposals, not through them
 
-        dn_content, dn_ref_unact, attn_mask, dn_meta = self.denoising_group(inputs)
+        dn_content, dn_ref_unact, attn_mask, dn_meta = self.denoising_group(gt_class, gt_bbox)
         out.update(init_logits=None, init_boxes=None, init_masks=None, dn_meta=dn_meta)
         if dn_meta is not None:  # denoising queries go first
             content = paddle.concat([dn_content, content], 1)
@@ -292,3 +298,24 @@ class MaskRTDETRTransformer(nn.Layer):
         out["dec_masks"] = paddle.stack([p[1] for p in preds])
         out["dec_boxes"] = paddle.stack(boxes[-len(hidden):])
         return out
+
+
+def split_predictions(out: Dict[str, Any]) -> Dict[str, Any]:
+    """MaskDINOHead's split of the transformer output into matching and denoising parts.
+
+    logits/boxes/masks [P, B, Q, ...]: encoder proposals, then (with denoising) the decoder's
+    input queries, then every decoder layer; dn_logits/dn_boxes/dn_masks [P_dn, B, Qdn, ...]:
+    input queries + every layer for the denoising queries (None without denoising).
+    """
+    dn_meta = out["dn_meta"]
+    result = {"dn_meta": dn_meta}
+    for key in ("logits", "boxes", "masks"):
+        per_layer = out["dec_" + key]  # [L, B, Qdn + Q, ...]
+        if dn_meta is None:
+            result["dn_" + key] = None
+        else:
+            per_layer = paddle.concat([out["init_" + key].unsqueeze(0), per_layer])
+            result["dn_" + key], per_layer = paddle.split(per_layer, dn_meta["dn_num_split"],
+                                                          axis=2)
+        result[key] = paddle.concat([out["enc_" + key].unsqueeze(0), per_layer])
+    return result

@@ -43,25 +43,25 @@ def denoising_attn_mask(max_gt: int, num_group: int, num_queries: int) -> paddle
 
 
 def get_denoising_training_group(
-        inputs: Dict[str, List[paddle.Tensor]], num_classes: int, num_queries: int,
+        targets: Dict[str, List[paddle.Tensor]], num_classes: int, num_queries: int,
         class_embed: paddle.Tensor, num_denoising: int = 100, label_noise_ratio: float = 0.5,
         box_noise_scale: float = 1.0
 ) -> Tuple[Optional[paddle.Tensor], Optional[paddle.Tensor], Optional[paddle.Tensor],
            Optional[dict]]:
-    """Build the denoising queries from a batch's ground truth (`inputs` with, per image,
+    """Build the denoising queries from a batch's ground truth (`targets` with, per image,
     `gt_class` [n_i, 1] ints and `gt_bbox` [n_i, 4] cxcywh). class_embed [K, D] -> (queries
     [B, Qdn, D], boxes_unact [B, Qdn, 4], attn_mask [Qdn + Q, Qdn + Q] bool True = attend,
     dn_meta), or four Nones when there is no denoising (num_denoising <= 0 or no object in the
     batch)."""
     if num_denoising <= 0:
         return None, None, None, None
-    num_gts = [int(c.shape[0]) for c in inputs["gt_class"]]
+    num_gts = [int(c.shape[0]) for c in targets["gt_class"]]
     max_gt = max(num_gts)
     if max_gt == 0:
         return None, None, None, None
     num_group = max(num_denoising // max_gt, 1)
     batch = len(num_gts)
-    classes, boxes, real = _pad_ground_truth(inputs["gt_class"], inputs["gt_bbox"], max_gt,
+    classes, boxes, real = _pad_ground_truth(targets["gt_class"], targets["gt_bbox"], max_gt,
                                              num_classes)
     classes = classes.tile([1, num_group])  # [B, Qdn]: group g holds the gts at g*max_gt + j
     boxes = boxes.tile([1, num_group, 1])

@@ -2,7 +2,8 @@
 
 backbone (PPHGNetV2) -> neck (MaskHybridEncoder) -> transformer (MaskRTDETRTransformer) ->
 post-process (DETRPostProcess) in eval, or MaskDINOHead's output split in training (that head
-has no weights; its loss lives in loss/criterion.py). Mirrors `ppdet/modeling/architectures/
+has no weights; the split sits next to the join, in decoder.py; its loss lives in
+loss/criterion.py). Mirrors `ppdet/modeling/architectures/
 detr.py` (`DETR`) and `heads/detr_head.py` (`MaskDINOHead`). `build_model` is the one place
 that reads a ModelConfig.
 """
@@ -15,30 +16,9 @@ import paddle.nn as nn
 
 from ..config import ModelConfig, model_config
 from .backbone import PPHGNetV2
-from .decoder import MaskRTDETRTransformer
+from .decoder import MaskRTDETRTransformer, split_predictions
 from .encoder import MaskHybridEncoder
 from .postprocess import DETRPostProcess
-
-
-def split_predictions(out: Dict[str, Any]) -> Dict[str, Any]:
-    """MaskDINOHead's split of the transformer output into matching and denoising parts.
-
-    logits/boxes/masks [P, B, Q, ...]: encoder proposals, then (with denoising) the decoder's
-    input queries, then every decoder layer; dn_logits/dn_boxes/dn_masks [P_dn, B, Qdn, ...]:
-    input queries + every layer for the denoising queries (None without denoising).
-    """
-    dn_meta = out["dn_meta"]
-    result = {"dn_meta": dn_meta}
-    for key in ("logits", "boxes", "masks"):
-        per_layer = out["dec_" + key]  # [L, B, Qdn + Q, ...]
-        if dn_meta is None:
-            result["dn_" + key] = None
-        else:
-            per_layer = paddle.concat([out["init_" + key].unsqueeze(0), per_layer])
-            result["dn_" + key], per_layer = paddle.split(per_layer, dn_meta["dn_num_split"],
-                                                          axis=2)
-        result[key] = paddle.concat([out["enc_" + key].unsqueeze(0), per_layer])
-    return result
 
 
 class MaskRTDETR(nn.Layer):
@@ -66,9 +46,10 @@ class MaskRTDETR(nn.Layer):
         """
         self._check_size(inputs["image"])
         feats = self.neck(self.backbone(inputs["image"]))
-        out = self.transformer(feats, inputs if self.training else None)
-        if self.training:
-            return split_predictions(out)
+        if self.training:  # the targets make the denoising queries
+            return split_predictions(self.transformer(feats, inputs.get("gt_class"),
+                                                      inputs.get("gt_bbox")))
+        out = self.transformer(feats)
         return self.post_process(out["dec_boxes"][-1], out["dec_logits"][-1],
                                  out["dec_masks"][-1], inputs["im_shape"], inputs["scale_factor"])
 
