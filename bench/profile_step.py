@@ -20,7 +20,7 @@ import time
 from typing import Callable, Dict, List
 
 import mrtdetr_lib as mrt
-from mrtdetr_lib.config import load_config, parse_overrides, update_config
+from mrtdetr_lib.config import apply_overrides, load_config
 from mrtdetr_lib.data.shapes import make_shapes
 from mrtdetr_lib.engine import Trainer
 
@@ -134,7 +134,7 @@ def main() -> int:
     cfg = load_config(args.config)
     cfg.data.dataset_dir = args.data
     cfg.train.output_dir, cfg.train.eval = tempfile.mkdtemp(prefix="profile_step_"), False
-    cfg = update_config(cfg, parse_overrides(args.opt, cfg))
+    cfg = apply_overrides(cfg, args.opt)
     trainer = Trainer(cfg, progress=False)
     rows = summarise(profile(trainer, args.steps, args.warmup))
     if args.markdown:

@@ -35,7 +35,7 @@ import paddle
 import paddle.distributed as dist
 
 import mrtdetr_lib as mrt
-from mrtdetr_lib.config import load_config, parse_overrides, update_config
+from mrtdetr_lib.config import apply_overrides, load_config
 from mrtdetr_lib.data import build_dataset
 from mrtdetr_lib.data.shapes import make_shapes
 from mrtdetr_lib.engine import Trainer
@@ -144,12 +144,12 @@ def main(argv=None) -> int:
             argv = sys.argv[1:] if argv is None else list(argv)
             return launch(args.procs, argv + ["--output-dir", args.output_dir])
     mrt.setup(max(1, args.threads // args.procs))
-    cfg = load_config(args.config) if args.config else mrt.get_config("tiny")
+    cfg = load_config(args.config or "tiny")
     cfg.data.dataset_dir = args.data
     cfg.train.output_dir = args.output_dir
     # the clock decides (or the config's `max_iters`, which a cosine schedule decays over)
     cfg.train.epochs, cfg.train.eval = 10**6, False
-    cfg = update_config(cfg, parse_overrides(args.opt, cfg))
+    cfg = apply_overrides(cfg, args.opt)
 
     with contextlib.redirect_stdout(sys.stderr):  # the trainer's text log; stdout is the JSON
         trainer, curve, eval_seconds = train_by_clock(cfg, args.minutes, args.eval_every)

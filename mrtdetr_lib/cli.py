@@ -20,15 +20,7 @@ import os
 import sys
 from typing import Callable, Dict, List, Optional, Tuple
 
-from .config import (
-    ARCHS,
-    Config,
-    get_config,
-    load_config,
-    parse_overrides,
-    quick_mode,
-    update_config,
-)
+from .config import Config, load_config, quick_mode
 from .errors import UserError
 from .runtime import setup
 
@@ -73,11 +65,7 @@ def _positive_int(text: str) -> int:
 def _config(args: argparse.Namespace) -> Config:
     """-c file or preset, then -o overrides, then the command's flags, then quick mode caps
     (for the commands that read a data set: train and eval)."""
-    if os.path.isfile(args.config) or args.config.lower() not in ARCHS:
-        cfg = load_config(args.config, args.opt)
-    else:
-        cfg = get_config(args.config)
-        cfg = update_config(cfg, parse_overrides(args.opt or [], cfg))
+    cfg = load_config(args.config, args.opt)
     if quick_mode() and args.command in ("train", "eval"):
         cfg.train.max_iters = min(cfg.train.max_iters or QUICK_ITERS, QUICK_ITERS)
         cfg.data.max_images = min(cfg.data.max_images or QUICK_IMAGES, QUICK_IMAGES)

@@ -412,8 +412,16 @@ def parse_overrides(items: List[str], cfg: Config) -> Dict[str, Dict[str, Any]]:
     return updates
 
 
+def apply_overrides(cfg: Config, items: Optional[List[str]]) -> Config:
+    """A Config with `-o section.key=value` items applied, every key and type checked."""
+    return update_config(cfg, parse_overrides(items, cfg)) if items else cfg
+
+
 def load_config(path: str, overrides: Optional[List[str]] = None) -> Config:
-    """Read a YAML config (`preset:` + sections), then apply `-o` style overrides."""
+    """Read a YAML config (`preset:` + sections) or take a preset by name ("tiny", "l", ...),
+    then apply `-o` style overrides."""
+    if not os.path.isfile(path) and path.lower() in ARCHS:
+        return apply_overrides(get_config(path), overrides)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config file not found: {path}")
     with open(path) as f:

@@ -47,6 +47,17 @@ def test_exponent_floats_are_numbers():
         update_config(cfg, parse_overrides(["base_lr=fast"], cfg))
 
 
+def test_a_preset_name_loads_like_a_file_with_overrides(tmp_path):
+    cfg = mrt.load_config("Tiny", ["epochs=2", "model.num_queries=30"])
+    assert cfg == update_config(mrt.get_config("tiny"), {"train": {"epochs": 2},
+                                                         "model": {"num_queries": 30}})
+    path = tmp_path / "t.yml"
+    path.write_text("preset: tiny\ntrain:\n  epochs: 2\n")
+    assert mrt.load_config(str(path), ["model.num_queries=30"]) == cfg
+    with pytest.raises(ValueError, match="unknown override key"):
+        mrt.load_config("tiny", ["nope=1"])
+
+
 def test_yaml_round_trip(tmp_path):
     updates = {"train": {"epochs": 2}, "model": {"eval_size": None}}
     cfg = update_config(mrt.get_config("tiny"), updates)
