@@ -71,7 +71,7 @@ browser-check: venv shapes
 
 # the committed notebooks as they are (never re-executed), the API reference from the docstrings
 # (autodoc imports mrtdetr_lib from this checkout), search; open build/book/_build/html/index.html
-$(VENV)/.book-installed: $(VENV)/.installed
+$(VENV)/.book-installed: $(VENV)/.installed pyproject.toml requirements-lock.txt
 	$(PY) -m pip install -q --disable-pip-version-check -c requirements-lock.txt -e ".[book]"
 	@touch $@
 
