@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 import paddle
+from paddle.io.dataloader.collate import default_collate_fn
 
 from ..config import Config, DataConfig
 from ..errors import UserError
@@ -32,9 +33,7 @@ class Collate:
     def __call__(self, samples: List[Dict[str, Any]]) -> Dict[str, Any]:
         failed = [s for s in samples if "error" in s]
         if failed:  # a sample failed to load (see LoaderWithErrors): pass its message on
-            # with one array: paddle's queue takes a batch of no arrays for the end of data
-            return {"error": failed[0]["error"],
-                    "user_error": np.array([failed[0]["user_error"]], np.int32)}
+            return _error_batch(failed[0]["error"], failed[0]["user_error"])
         # seeded by every sample's seed: the batch's random size is as reproducible as they are
         rng = np.random.default_rng([s["seed"] for s in samples])
         for transform in self.batch_transforms:
@@ -81,6 +80,12 @@ class SeededBatchSampler:
         self.epoch, self.skip = self.epoch + 1, 0
 
 
+def _error_batch(text: str, user_error: bool) -> Dict[str, Any]:
+    """A failure sent as a batch (see LoaderWithErrors); with one array: paddle's queue takes a
+    batch of no arrays for the end of data."""
+    return {"error": text, "user_error": np.array([user_error], np.int32)}
+
+
 class _Guarded(paddle.io.Dataset):
     """A data set whose failing samples become {"error": text, "user_error": bool} instead of
     raising: the user's mistake (a missing or corrupt file) as its one-line message, any other
@@ -106,18 +111,34 @@ class _Guarded(paddle.io.Dataset):
         return getattr(self.dataset, name)
 
 
+class _GuardedCollate:
+    """A collate_fn whose failure (e.g. in a batch transform) becomes an error batch, as
+    `_Guarded` does for samples: it runs in the same feeding thread or worker."""
+
+    def __init__(self, collate_fn: Optional[Callable]):
+        self.collate_fn = collate_fn or default_collate_fn  # paddle's, when the data set has none
+
+    def __call__(self, samples: List[Any]) -> Dict[str, Any]:
+        try:
+            return self.collate_fn(samples)
+        except (UserError, OSError) as err:
+            return _error_batch(str(err), True)
+        except Exception:
+            return _error_batch(traceback.format_exc(), False)
+
+
 class LoaderWithErrors(paddle.io.DataLoader):
     """paddle.io.DataLoader that raises a failed sample's error, with its message, to the caller.
 
-    paddle's own loader hangs when a sample raises with num_workers=0 (the exception ends its
-    feeding thread) and raises a bare SystemError with workers; here the error travels as data
-    and is raised again in the main process: a UserError for the user's data (one line naming
-    the file), a RuntimeError carrying the worker's traceback for anything else.
+    paddle's own loader hangs when a sample or the collate_fn raises with num_workers=0 (the
+    exception ends its feeding thread) and raises a bare SystemError with workers; here the
+    error travels as data and is raised again in the main process: a UserError for the user's
+    data (one line naming the file), a RuntimeError carrying the traceback for anything else.
     """
 
     def __init__(self, dataset: Any, batch_sampler: Any, num_workers: int = 0):
         super().__init__(_Guarded(dataset), batch_sampler=batch_sampler,
-                         collate_fn=dataset.collate_fn, num_workers=num_workers,
+                         collate_fn=_GuardedCollate(dataset.collate_fn), num_workers=num_workers,
                          use_shared_memory=_shared_memory_ok())
 
     def __iter__(self) -> Iterator[Dict[str, Any]]:

@@ -280,6 +280,9 @@ class BatchRandomResize:
 
     def __init__(self, target_sizes: Sequence[int]):
         self.target_sizes = list(target_sizes)
+        if not self.target_sizes or not all(isinstance(s, int) and s > 0 for s in target_sizes):
+            raise UserError(f"data.train_sizes must be a non-empty list of positive integers, "
+                            f"got {self.target_sizes}")
 
     def __call__(self, samples: List[Sample], rng: np.random.Generator) -> List[Sample]:
         size = self.target_sizes[rng.integers(len(self.target_sizes))]

@@ -7,17 +7,28 @@ so the last good checkpoint survives any interruption. Reading goes through `saf
 checkpoint that would run code is refused.
 """
 
+import dataclasses
+import json
 import random
 import re
-from typing import Any, Dict
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import paddle
 from paddle import nn
 
 from .. import safe_pickle
+from ..config import Config
 from ..errors import UserError
 from ..files import atomic_write
+
+# What a resumed run must share with its checkpoint: the model, and which samples the remaining
+# steps see in which order (the data set, its size, the batch, sizes, augmentation, seed). Other
+# fields may change on resume (epochs, max_iters, base_lr, log_iter, output_dir, eval, ...);
+# the Trainer warns about each.
+SAME_ON_RESUME = ("model.", "data.dataset_dir", "data.train_image_dir", "data.train_anno_path",
+                  "data.max_images", "data.allow_empty", "data.batch_size", "data.train_sizes",
+                  "data.augment", "train.seed", "train.use_ema")
 
 # AdamW accumulators are saved under "<param.name>_<accumulator>_0"; param.name ("linear_12.w_0")
 # depends on how many layers the process built before, so we store structured names instead.
@@ -50,6 +61,24 @@ def _tensors(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(_tensors(value) for value in obj)
     return obj
+
+
+def config_changes(saved: Dict[str, Any], cfg: Config) -> Tuple[List[str], List[str]]:
+    """The differences "field old -> new" between a checkpoint's `asdict(config)` and `cfg`:
+    (those SAME_ON_RESUME forbids, the others). Fields only one side knows are left out."""
+    old, new = _flat(saved), _flat(dataclasses.asdict(cfg))
+    refused, allowed = [], []
+    for key in new:
+        if key in old and key != "train.resume" and old[key] != new[key]:
+            change = f"{key} {old[key]!r} -> {new[key]!r}"
+            (refused if key.startswith(SAME_ON_RESUME) else allowed).append(change)
+    return refused, allowed
+
+
+def _flat(config: Dict[str, Any]) -> Dict[str, Any]:
+    """{"section.field": value} with tuples as lists (a YAML config gives lists)."""
+    return {f"{section}.{key}": json.loads(json.dumps(value))
+            for section, fields in config.items() for key, value in fields.items()}
 
 
 def rng_state() -> Dict[str, Any]:

@@ -34,9 +34,10 @@ from ..data import build_dataset, build_loader
 from ..errors import UserError
 from ..loss.criterion import build_criterion
 from ..model.detr import build_model
-from ..weights import load_backbone, load_pretrained
+from ..weights import compare, load_backbone, load_pretrained
 from .checkpoint import (
     atomic_save,
+    config_changes,
     optimizer_state,
     read_checkpoint,
     rng_state,
@@ -142,6 +143,10 @@ class Trainer:
             with _graceful_stop(self):
                 while self.global_step < self.total_steps and not self.stop_reason:
                     self.sampler.set_epoch(self.epoch, skip=self.step_in_epoch)
+                    if self.step_in_epoch >= len(self.sampler):  # no batch left in this epoch
+                        yield from self._empty_epoch()
+                        continue
+                    start = self.global_step
                     for inputs in self.loader:
                         record = self._train_step(net, inputs)
                         bar.update(1)
@@ -152,6 +157,9 @@ class Trainer:
                             yield from self._end_of_epoch()
                         if self.global_step >= self.total_steps or self._stop_requested():
                             break
+                    if self.global_step == start:  # every pass of this loop trains or stops
+                        raise RuntimeError(f"the training loader gave no batch in epoch "
+                                           f"{self.epoch} (from batch {self.step_in_epoch})")
             if self.stop_reason:  # Ctrl-C or SIGTERM, seen between two steps
                 self._save_on_stop()
             else:
@@ -213,6 +221,16 @@ class Trainer:
             if tc.eval:
                 yield self._eval_record()
             self.save_curves()
+
+    def _empty_epoch(self) -> Iterator[Record]:
+        """The epoch was saved at its very end (the consumer left after its last step), or the
+        data now gives fewer batches than the checkpoint's epoch had: never loop on nothing."""
+        if self.step_in_epoch > len(self.sampler):
+            raise UserError(f"epoch {self.epoch} stopped after batch {self.step_in_epoch}, but "
+                            f"an epoch now has {len(self.sampler)} batches: the training data "
+                            "changed since the checkpoint (resume with the same data)")
+        self.epoch, self.step_in_epoch = self.epoch + 1, 0
+        yield from self._end_of_epoch()
 
     def _finish(self) -> Iterator[Record]:
         self.save_checkpoint()
@@ -298,6 +316,13 @@ class Trainer:
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise UserError(f"{path} is not a trainer checkpoint (a .pdparams file holds only "
                             "weights: use pretrain_weights= or weights= for those)")
+        refused, allowed = config_changes(state["config"], self.cfg)
+        if refused:  # another model, or another order of the remaining batches
+            raise UserError(f"{path} was trained with other settings; resume with the "
+                            f"checkpoint's: {'; '.join(refused)}")
+        if allowed and self.is_main:
+            warnings.warn(f"resuming {path} with changed settings: {'; '.join(allowed)}",
+                          stacklevel=3)
         _set_exact(self.model, state["model"], path)
         if self.ema is not None and state["ema"] is not None:
             self.ema.set_state_dict(state["ema"])
@@ -400,10 +425,11 @@ def _makedirs(directory: str, name: str) -> str:
 
 
 def _set_exact(model: nn.Layer, state: Dict[str, Any], path: str) -> None:
-    """set_state_dict that fails on missing or unexpected keys (a checkpoint of another model)."""
-    own = set(model.state_dict())
-    missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
-    if missing or unexpected:
-        raise UserError(f"{path} does not match the model: missing {missing[:5]}, "
-                        f"unexpected {unexpected[:5]} (was it trained with another config?)")
+    """set_state_dict that fails on missing, unexpected or mis-shaped keys (another model)."""
+    missing, unexpected, shapes = compare(model.state_dict(), state)
+    if missing or unexpected or shapes:
+        shapes = [f"{k} checkpoint {a} model {b}" for k, a, b in shapes]
+        raise UserError(f"{path} does not match the model: missing {missing[:5]}, unexpected "
+                        f"{unexpected[:5]}, mis-shaped {shapes[:5]} (was it trained with another "
+                        "config?)")
     model.set_state_dict(state)
