@@ -47,8 +47,8 @@ def train_by_clock(cfg, minutes: float, eval_every: float):
     """Train for `minutes` of training time, evaluating the EMA weights every `eval_every`
     minutes (the clock stops while evaluating); returns (trainer, curve, eval seconds)."""
     evaluates = dist.get_rank() == 0  # rank 0 alone: the trainer's is_main
-    trainer = Trainer(cfg, eval_data=build_dataset(cfg.data, "val") if evaluates else None,
-                      progress=False)
+    eval_data = build_dataset(cfg.data, "val", cfg.model.eval_size) if evaluates else None
+    trainer = Trainer(cfg, eval_data=eval_data, progress=False)
     budget, every = minutes * 60, eval_every * 60
     curve, next_eval, eval_seconds, loss = [], every, 0.0, float("nan")
 

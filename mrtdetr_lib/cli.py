@@ -117,12 +117,11 @@ def _train(args: argparse.Namespace, cfg: Config) -> int:
 # ---------------------------------------------------------------- eval
 def _eval(args: argparse.Namespace, cfg: Config) -> int:
     from .data import build_dataset
-    from .data.loader import check_eval_size
     from .engine import evaluate, summary
 
-    check_eval_size(cfg)
     model = _model_with_weights(cfg, "eval")
-    metrics = evaluate(model, build_dataset(cfg.data, "val"), args.output_dir, verbose=True)
+    val = build_dataset(cfg.data, "val", cfg.model.eval_size)
+    metrics = evaluate(model, val, args.output_dir, verbose=True)
     for key, result in metrics.items():
         print(f"{key} per-class AP: " + ", ".join(f"{name} {ap:.3f}" for name, ap in
                                                    result["per_class_ap"].items()))

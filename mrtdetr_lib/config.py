@@ -9,6 +9,7 @@ take explicit keyword arguments.
 import dataclasses
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -25,7 +26,8 @@ class ModelConfig:
     num_classes: int = 80
     hidden_dim: int = 256  # decoder width (shared key: 256 for every official size)
     num_prototypes: int = 32  # mask prototypes = mask embedding size
-    eval_size: Optional[Tuple[int, int]] = (640, 640)  # (h, w); None = any input size
+    # (h, w) of eval / test inputs: the val data, Predictor and export use it; None = any size
+    eval_size: Optional[Tuple[int, int]] = (640, 640)
     # backbone (PPHGNetV2)
     return_idx: List[int] = field(default_factory=lambda: [0, 1, 2, 3])
     lr_mult_list: List[float] = field(default_factory=lambda: [0.0, 0.05, 0.05, 0.05, 0.05])
@@ -95,7 +97,6 @@ class DataConfig:
     num_workers: int = 4
     train_sizes: List[int] = field(
         default_factory=lambda: [480, 512, 544, 576, 608, 640, 640, 640, 672, 704, 736, 768, 800])
-    eval_size: List[int] = field(default_factory=lambda: [640, 640])  # (h, w) of the EvalReader
     allow_empty: bool = False  # keep training images without annotations
     max_images: Optional[int] = None  # use only the first N images of each split (quick runs)
     augment: bool = True  # False: only flip + multi-scale resize (no distort, expand, crop)
@@ -174,7 +175,7 @@ _DATA_PRESETS: Dict[str, Dict[str, Any]] = {
     "tiny": dict(dataset_dir="dataset/shapes", train_image_dir="train",
                  train_anno_path="instances_train.json", val_image_dir="val",
                  val_anno_path="instances_val.json", batch_size=4, num_workers=2,
-                 train_sizes=[224, 256, 288], eval_size=[256, 256]),
+                 train_sizes=[224, 256, 288]),
 }
 # 12544 points = 112^2 suit 160^2 mask logits (640 px input); tiny's 64^2 masks (256 px) get the
 # same density with 2048, and the matcher's point sampling stops dominating a CPU step.
@@ -255,9 +256,28 @@ def _replace_checked(obj: Any, updates: Dict[str, Any], section: str = "model") 
     return dataclasses.replace(obj, **checked)
 
 
+def _without_data_eval_size(cfg: Config, updates: Dict[str, Any]) -> Dict[str, Any]:
+    """Old configs gave the eval size twice, `data.eval_size` next to `model.eval_size`: accept
+    the data one when it equals the model's (with a FutureWarning), refuse it otherwise."""
+    data, model = updates.get("data"), updates.get("model")
+    if not isinstance(data, dict) or "eval_size" not in data:
+        return updates
+    model_size = cfg.model.eval_size
+    if isinstance(model, dict) and "eval_size" in model:
+        model_size = model["eval_size"]
+    if not model_size or list(data["eval_size"] or []) != list(model_size):
+        raise UserError(f"data.eval_size {data['eval_size']} differs from model.eval_size "
+                        f"{list(model_size) if model_size else None}: model.eval_size is the "
+                        "one eval size now (it sizes the val data too); remove data.eval_size")
+    warnings.warn("data.eval_size is deprecated: model.eval_size sizes the val data; remove "
+                  "data.eval_size from the config", FutureWarning, stacklevel=3)
+    return {**updates, "data": {k: v for k, v in data.items() if k != "eval_size"}}
+
+
 def update_config(cfg: Config, updates: Dict[str, Any]) -> Config:
     """Apply a nested mapping {section: {key: value}} to a Config, checking every key and type,
     then every range (`validate`)."""
+    updates = _without_data_eval_size(cfg, updates)
     sections = _field_types(cfg)
     unknown = [k for k in updates if k not in sections]
     if unknown:
@@ -315,7 +335,7 @@ RULES: Dict[str, Tuple[Callable[[Any], bool], str]] = {
     "loss.important_sample_ratio": _within(0, 1), "loss.alpha": _within(0, 1),
     "loss.gamma": _NON_NEGATIVE,
     "data.batch_size": _at_least(1), "data.eval_batch_size": _at_least(1),
-    "data.num_workers": _at_least(0), "data.train_sizes": _SIZES, "data.eval_size": _SIZE,
+    "data.num_workers": _at_least(0), "data.train_sizes": _SIZES,
     "data.max_images": _at_least(1),
     "train.epochs": _at_least(1), "train.max_iters": _at_least(1), "train.base_lr": _POSITIVE,
     "train.weight_decay": _NON_NEGATIVE, "train.warmup_steps": _at_least(0),

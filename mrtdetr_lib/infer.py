@@ -61,8 +61,10 @@ class Predictor:
     """
 
     def __init__(self, model: Union[paddle.nn.Layer, Callable[[Dict], Dict]],
-                 threshold: float = 0.5, image_size: Sequence[int] = (640, 640),
+                 threshold: float = 0.5, image_size: Optional[Sequence[int]] = None,
                  class_names: Optional[Sequence[str]] = None):
+        if image_size is None and isinstance(model, paddle.nn.Layer):
+            image_size = model.transformer.eval_size  # the size its anchors were built for
         if image_size is None:
             raise UserError("Predictor needs an image_size (h, w): the model's eval_size")
         self.model, self.threshold = model, threshold

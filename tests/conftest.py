@@ -57,6 +57,6 @@ def tiny_shapes_config(folder: Path, num_train: int, num_val: int, size: int):
 
     make_shapes(str(folder), num_train, num_val, image_size=size, progress=False)
     cfg = mrtdetr_lib.get_config("tiny")
-    cfg.model.eval_size, cfg.data.eval_size = (size, size), [size, size]
+    cfg.model.eval_size = (size, size)
     cfg.data.dataset_dir = str(folder)
     return cfg

@@ -122,8 +122,8 @@ def test_study_rows_on_eager_and_onnx_runtime(shapes_cfg, tmp_path):
     for row in rows:  # AP from the per-image matches = COCO's AP of the whole set
         assert row["mask_AP"] == resampled_ap(row["matches"]["mask_AP"], range(3))
         assert row["latency_q25_ms"] <= row["latency_ms"] <= row["latency_q75_ms"]
-    eager_metrics = evaluate(build_setting(shapes_cfg.model, settings[0]),
-                             build_dataset(shapes_cfg.data, "val"), progress=False)
+    val = build_dataset(shapes_cfg.data, "val", shapes_cfg.model.eval_size)
+    eager_metrics = evaluate(build_setting(shapes_cfg.model, settings[0]), val, progress=False)
     assert eager["mask_AP"] == pytest.approx(eager_metrics["mask"]["stats"][0], abs=1e-12)
     table = markdown_table(rows)
     assert table.splitlines()[0].startswith("| Model | Backbone | Input shape | Queries")

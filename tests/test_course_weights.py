@@ -116,7 +116,7 @@ def test_ship_packages_the_last_stage_with_one_log_of_every_stage(tmp_path, monk
     for stage, steps in ((1, 4), (2, 2)):
         cfg = mrt.get_config("tiny")
         cfg.data.dataset_dir = str(tmp_path / "data")
-        cfg.data.eval_size = cfg.model.eval_size = [96 + 32 * stage] * 2
+        cfg.model.eval_size = (96 + 32 * stage,) * 2
         cfg.train.output_dir, cfg.train.log_iter = f"run{stage}", 2
         mrt.save_config(cfg, str(tmp_path / f"stage{stage}.yml"))
         configs.append(f"stage{stage}.yml")
@@ -141,7 +141,7 @@ def test_ship_packages_the_last_stage_with_one_log_of_every_stage(tmp_path, monk
         ("train", 6, 2), ("eval", 6, 2)]
     assert (tmp_path / "out" / "curves.png").stat().st_size > 0
     shipped = checkpoint_config(tmp_path / "out" / course.WEIGHTS_NAME)
-    assert shipped.data.eval_size == [160, 160]  # stage 2's config
+    assert shipped.model.eval_size == (160, 160)  # stage 2's config
     ours = dict(load_course_model(tmp_path / "out" / course.WEIGHTS_NAME)[0].state_dict())
     theirs = paddle.load(str(tmp_path / "run2" / "best_model.pdparams"))
     assert all(np.array_equal(ours[k].numpy(), theirs[k].numpy()) for k in theirs)

@@ -81,10 +81,24 @@ def test_eval_batches_carry_image_ids_and_original_size(cfg, workers):
     assert [b["im_id"].item() for b in batches] == [1, 2, 3]
 
 
-def test_model_and_data_eval_sizes_must_agree(cfg):
-    bad = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, eval_size=[320, 320]))
-    with pytest.raises(ValueError, match="data.eval_size .* differs from model.eval_size"):
-        build_loader(bad, "val")
+def test_the_val_data_takes_the_models_eval_size(cfg):
+    other = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, eval_size=(96, 128)))
+    assert next(iter(build_loader(other, "val", num_workers=0)))["image"].shape == [1, 3, 96, 128]
+    with pytest.raises(UserError, match="the val split needs eval_size"):
+        build_dataset(cfg.data, "val")
+
+
+def test_an_old_data_eval_size_is_accepted_only_as_the_models(tmp_path):
+    path = tmp_path / "old.yml"
+    path.write_text("preset: tiny\nmodel:\n  eval_size: [160, 160]\ndata:\n"
+                    "  eval_size: [160, 160]\n")
+    with pytest.warns(FutureWarning, match="data.eval_size is deprecated"):
+        cfg = mrt.load_config(str(path))
+    assert cfg.model.eval_size == (160, 160) and not hasattr(cfg.data, "eval_size")
+    path.write_text("preset: tiny\ndata:\n  eval_size: [320, 320]\n")
+    with pytest.raises(UserError, match=r"data.eval_size \[320, 320\] differs from "
+                                        r"model.eval_size \[256, 256\]"):
+        mrt.load_config(str(path))
 
 
 def test_bad_split_and_too_few_images(cfg):
@@ -116,7 +130,7 @@ class _BuggyTransform:
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_bug_in_a_transform_keeps_its_traceback(cfg, workers):
-    dataset = build_dataset(cfg.data, "val")
+    dataset = build_dataset(cfg.data, "val", cfg.model.eval_size)
     dataset.transforms.insert(1, _BuggyTransform())
     with pytest.raises(RuntimeError) as caught:
         list(build_loader(cfg, "val", num_workers=workers, dataset=dataset))

@@ -139,8 +139,9 @@ def test_bad_training_image_is_one_line_naming_it(capsys, shapes, tmp_path, dama
               why, str(image), "(image id")
 
 
-def test_eval_at_a_size_the_data_is_not_resized_to_is_one_line(capsys):
-    _one_line(capsys, ["eval", "-c", CONFIG, "-o", "weights=course", "model.eval_size=[320,320]"],
+def test_an_old_data_eval_size_unlike_the_models_is_one_line(capsys):
+    _one_line(capsys, ["eval", "-c", CONFIG, "-o", "weights=course", "model.eval_size=[320,320]",
+                       "data.eval_size=[256,256]"],
               "data.eval_size [256, 256] differs from model.eval_size [320, 320]")
 
 

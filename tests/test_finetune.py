@@ -49,7 +49,7 @@ def _course_cfg(root, out, num_classes, **data):
     cfg = load_config(str(W.COURSE_CHECKPOINT.parent / "config.yml"))
     cfg.model.num_classes, cfg.model.eval_size = num_classes, (SIZE, SIZE)
     cfg.data.dataset_dir, cfg.data.num_workers, cfg.data.batch_size = str(root), 0, 2
-    cfg.data.train_sizes, cfg.data.eval_size = [SIZE], [SIZE, SIZE]
+    cfg.data.train_sizes = [SIZE]
     cfg.train.output_dir, cfg.train.log_iter, cfg.train.pretrain_weights = str(out), 1, "course"
     for key, value in data.items():
         setattr(cfg.data, key, value)

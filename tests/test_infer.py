@@ -20,8 +20,8 @@ def shapes(tmp_path_factory):
 def test_preprocess_is_the_eval_data_pipeline(shapes):
     cfg = mrt.get_config("tiny")
     cfg.data.dataset_dir = str(shapes)
-    sample = build_dataset(cfg.data, "val")[0]
-    inputs = preprocess(read_image(sample["im_file"]), cfg.data.eval_size)
+    sample = build_dataset(cfg.data, "val", cfg.model.eval_size)[0]
+    inputs = preprocess(read_image(sample["im_file"]), cfg.model.eval_size)
     np.testing.assert_array_equal(inputs["image"][0], sample["image"])  # [3, 256, 256]
     np.testing.assert_array_equal(inputs["im_shape"][0], [256, 256])
     np.testing.assert_allclose(inputs["scale_factor"][0], [256 / 200, 256 / 200])

@@ -448,8 +448,7 @@ def shapes(tmp_path_factory):
 def _tiny_cfg(shapes, out, **train):
     cfg = mrt.get_config("tiny")
     cfg.data.dataset_dir, cfg.data.num_workers, cfg.data.batch_size = str(shapes), 0, 2
-    cfg.data.train_sizes, cfg.data.eval_size, cfg.model.eval_size = [96, 128], [128, 128], (128,
-                                                                                          128)
+    cfg.data.train_sizes, cfg.model.eval_size = [96, 128], (128, 128)
     cfg.train.output_dir, cfg.train.log_iter = str(out), 1000
     for key, value in train.items():
         setattr(cfg.train, key, value)
@@ -516,7 +515,7 @@ def test_tiny_model_two_processes_with_gloo_on_cpu(shapes, tmp_path):
         from mrtdetr_lib.engine.trainer import Trainer
         cfg = mrt.get_config("tiny")
         cfg.data.dataset_dir, cfg.data.num_workers, cfg.data.batch_size = {str(shapes)!r}, 0, 2
-        cfg.data.train_sizes, cfg.data.eval_size = [96, 128], [128, 128]
+        cfg.data.train_sizes = [96, 128]
         cfg.model.eval_size = (128, 128)
         cfg.train.output_dir, cfg.train.max_iters = {str(tmp_path / "out")!r}, 2
         t = Trainer(cfg, progress=False)

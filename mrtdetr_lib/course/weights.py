@@ -95,7 +95,7 @@ def score(model: paddle.nn.Layer, cfg: Config, dataset_dir: PathLike,
           max_images: Optional[int] = None) -> Dict[str, float]:
     """COCO AP (mask_AP, bbox_AP, ...) on the first `max_images` of a shapes val split."""
     data_cfg = dataclasses.replace(cfg.data, dataset_dir=str(dataset_dir), max_images=max_images)
-    data = build_dataset(data_cfg, "val")
+    data = build_dataset(data_cfg, "val", cfg.model.eval_size)
     return summary(evaluate(model, data, progress=False))
 
 

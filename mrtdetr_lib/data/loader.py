@@ -151,17 +151,22 @@ class LoaderWithErrors(paddle.io.DataLoader):
             yield batch
 
 
-def build_dataset(cfg: DataConfig, split: str) -> COCOInstanceDataset:
-    """The "train" or "val" data set of a DataConfig, with its transforms and `collate_fn`."""
+def build_dataset(cfg: DataConfig, split: str,
+                  eval_size: Optional[Sequence[int]] = None) -> COCOInstanceDataset:
+    """The "train" or "val" data set of a DataConfig, with its transforms and `collate_fn`;
+    "val" resizes to `eval_size` (h, w): the model's, `cfg.model.eval_size` of a Config."""
     if split not in ("train", "val"):
         raise UserError(f"split must be 'train' or 'val', got {split!r}")
+    if split == "val" and not eval_size:
+        raise UserError("the val split needs eval_size (h, w), the model's: "
+                        "build_dataset(cfg.data, 'val', cfg.model.eval_size)")
     train = split == "train"
     image_dir = os.path.join(cfg.dataset_dir, cfg.train_image_dir if train else cfg.val_image_dir)
     anno_path = os.path.join(cfg.dataset_dir, cfg.train_anno_path if train else cfg.val_anno_path)
     if train:
         transforms, batch_transforms = train_transforms(cfg.train_sizes, cfg.augment)
     else:
-        transforms, batch_transforms = eval_transforms(cfg.eval_size), []
+        transforms, batch_transforms = eval_transforms(eval_size), []
     return COCOInstanceDataset(image_dir, anno_path, transforms, train=train,
                                allow_empty=cfg.allow_empty, max_images=cfg.max_images,
                                collate_fn=Collate(batch_transforms))
@@ -176,21 +181,13 @@ def _shared_memory_ok() -> bool:
     return stat.f_bavail * stat.f_frsize >= 1 << 30
 
 
-def check_eval_size(cfg: Config) -> None:
-    """The evaluation images' size (data.eval_size) must be the model's (its anchors')."""
-    model_size = cfg.model.eval_size
-    if model_size and list(model_size) != list(cfg.data.eval_size):
-        raise UserError(f"data.eval_size {cfg.data.eval_size} differs from model.eval_size "
-                        f"{list(model_size)}: the model's anchors are built for the latter")
-
-
 def build_loader(cfg: Config, split: str, num_workers: Optional[int] = None,
                  seed: Optional[int] = None, dataset: Any = None, rank: int = 0,
                  world_size: int = 1) -> LoaderWithErrors:
     """DataLoader of a split (of `dataset` if given): train shuffles and drops the last partial
     batch, seed = train.seed; each of `world_size` processes reads its own shard."""
-    check_eval_size(cfg)  # for training too: evaluation would fail later
-    dataset = dataset if dataset is not None else build_dataset(cfg.data, split)
+    if dataset is None:
+        dataset = build_dataset(cfg.data, split, cfg.model.eval_size)
     classes = len(getattr(dataset, "cat_ids", ()))
     if classes > cfg.model.num_classes:  # labels past the last class: the loss would fail
         raise UserError(f"{getattr(dataset, 'anno_path', 'the data set')} has {classes} "

@@ -73,7 +73,7 @@ class Trainer:
                            else build_dataset(cfg.data, "train"))
         self.eval_data = eval_data
         if tc.eval and eval_data is None:
-            self.eval_data = build_dataset(cfg.data, "val")
+            self.eval_data = build_dataset(cfg.data, "val", cfg.model.eval_size)
         if tc.backbone_weights and not tc.resume:
             self._print(str(load_backbone(self.model, tc.backbone_weights)))
         if tc.pretrain_weights and not tc.resume:
