@@ -150,6 +150,18 @@ def compare(model_state: Dict[str, paddle.Tensor], loaded: Dict[str, np.ndarray]
     return missing, unexpected, shapes
 
 
+def set_exact(model: paddle.nn.Layer, state: Mapping[str, Any], source: str) -> None:
+    """model.set_state_dict(state) that first fails, naming `source`, on any missing,
+    unexpected or mis-shaped key (a state dict of another model)."""
+    missing, unexpected, shapes = compare(model.state_dict(), state)
+    if missing or unexpected or shapes:
+        shapes = [f"{k} given {a} model {b}" for k, a, b in shapes]
+        raise WeightsMismatchError(
+            f"{source} does not match the model: missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}, mis-shaped {shapes[:5]} (was it trained with another config?)")
+    model.set_state_dict(dict(state))
+
+
 def count_parameters(model_or_shapes: Union[paddle.nn.Layer, Mapping[str, Sequence[int]]],
                      depth: int = 1) -> Dict[str, int]:
     """Numbers of values of a model's state dict (BatchNorm statistics included, as in a

@@ -164,3 +164,17 @@ def test_official_layout_loads_strictly(ref_dir, refweights, arch, tmp_path):
     assert report.loaded == manifest["num_tensors"]
     first = manifest["params"][0]["name"]
     assert np.array_equal(model.state_dict()[first].numpy(), W.read_state_dict(path)[first])
+
+
+def test_set_exact_names_every_kind_of_mismatch_and_sets_an_exact_state():
+    model = paddle.nn.Sequential(paddle.nn.Linear(2, 3), paddle.nn.Linear(3, 1))
+    state = {k: paddle.full(v.shape, 0.5) for k, v in model.state_dict().items()}
+    W.set_exact(model, state, "ckpt.pdckpt")
+    assert all(float(v.mean()) == 0.5 for v in model.state_dict().values())
+    wrong = {**state, "2.weight": paddle.zeros([1])}
+    wrong["0.weight"] = paddle.zeros([3, 2])
+    del wrong["1.bias"]
+    with pytest.raises(W.WeightsMismatchError,
+                       match=r"ckpt.pdckpt does not match the model: missing \['1.bias'\], "
+                             r"unexpected \['2.weight'\], mis-shaped \['0.weight given"):
+        W.set_exact(model, wrong, "ckpt.pdckpt")

@@ -36,7 +36,7 @@ from ..data import build_loader
 from ..engine.evaluator import COCOEvaluator
 from ..export import OnnxPredictor, export_onnx
 from ..model.detr import build_model
-from ..weights import compare, count_parameters, load_pretrained
+from ..weights import count_parameters, load_pretrained, set_exact
 from .tables import format_table
 from .timing import timed
 
@@ -101,11 +101,7 @@ def build_setting(cfg: ModelConfig, setting: Dict[str, int],
     if isinstance(weights, (str, Path)):
         load_pretrained(model, str(weights), progress=False)  # any mismatch raises
     elif weights is not None:
-        missing, unexpected, shapes = compare(model.state_dict(), weights)
-        if missing or unexpected or shapes:
-            raise ValueError(f"state dict does not fit the model: missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]}, mis-shaped {shapes[:5]}")
-        model.set_state_dict(weights)
+        set_exact(model, weights, "the given state dict")
     model.eval()
     return model
 

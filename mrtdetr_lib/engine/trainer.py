@@ -34,7 +34,7 @@ from ..data import build_dataset, build_loader
 from ..errors import UserError
 from ..loss.criterion import build_criterion
 from ..model.detr import build_model
-from ..weights import compare, load_backbone, load_pretrained
+from ..weights import load_backbone, load_pretrained, set_exact
 from .checkpoint import (
     atomic_save,
     config_changes,
@@ -323,7 +323,7 @@ class Trainer:
         if allowed and self.is_main:
             warnings.warn(f"resuming {path} with changed settings: {'; '.join(allowed)}",
                           stacklevel=3)
-        _set_exact(self.model, state["model"], path)
+        set_exact(self.model, state["model"], path)
         if self.ema is not None and state["ema"] is not None:
             self.ema.set_state_dict(state["ema"])
         set_optimizer_state(self.optimizer, self.model, state["optimizer"])
@@ -422,14 +422,3 @@ def _sync_batch_norms(layer: nn.Layer) -> None:
 def _makedirs(directory: str, name: str) -> str:
     os.makedirs(directory, exist_ok=True)
     return os.path.join(directory, name)
-
-
-def _set_exact(model: nn.Layer, state: Dict[str, Any], path: str) -> None:
-    """set_state_dict that fails on missing, unexpected or mis-shaped keys (another model)."""
-    missing, unexpected, shapes = compare(model.state_dict(), state)
-    if missing or unexpected or shapes:
-        shapes = [f"{k} checkpoint {a} model {b}" for k, a, b in shapes]
-        raise UserError(f"{path} does not match the model: missing {missing[:5]}, unexpected "
-                        f"{unexpected[:5]}, mis-shaped {shapes[:5]} (was it trained with another "
-                        "config?)")
-    model.set_state_dict(state)
