@@ -2,29 +2,41 @@
 term, backward, optimizer and EMA, measured on the project's own Trainer objects.
 
     python bench/profile_step.py [-c configs/tiny_shapes_10min.yml] [--steps 30] [--warmup 5]
-                                 [--threads 2] [--markdown] [-o key=value ...]
+                                 [--threads 2] [--markdown] [--compare REV] [-o key=value ...]
 
 Paddle runs synchronously on the CPU, so wall-clock timers around each stage (forward hooks on
 the model's parts, wrappers on the matcher and the criterion's terms) add up to the step.
 Prints one JSON line per stage (median and mean ms per step, share of the step), or with
 `--markdown` the table the README shows. Time it on a quiet machine.
+
+`--compare REV` times the criterion (loss/ package) of git revision REV against the working
+tree's instead: both in this process, alternating step by step over the same batches and the
+same random numbers (the model's forward + loss, and the backward; no optimizer step), so a
+busy machine slows both alike. Prints each one's median ms, the ratio, and how far their
+losses differ.
 """
 
 import argparse
 import collections
+import importlib.util
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Callable, Dict, List
+
+import paddle
 
 import mrtdetr_lib as mrt
 from mrtdetr_lib.config import apply_overrides, load_config
 from mrtdetr_lib.data.shapes import make_shapes
 from mrtdetr_lib.engine import Trainer
 
-# the criterion's per-term methods (each called once per prediction set)
+# the criterion's per-term methods (each called once for all the prediction sets)
 TERMS = {"_class_loss": "loss: class (varifocal)", "_box_losses": "loss: bbox + giou",
          "_mask_losses": "loss: mask + dice (point sampling)"}
 
@@ -70,7 +82,7 @@ def profile(trainer: Trainer, steps: int, warmup: int) -> List[Dict[str, float]]
     clock.hook(model.backbone, "backbone")
     clock.hook(model.neck, "encoder (hybrid encoder + mask features)")
     clock.hook(model.transformer, "decoder (query selection, denoising, layers)")
-    clock.wrap(criterion.matcher, "forward", "matcher (costs + Hungarian)")
+    clock.wrap(criterion.matcher, "match_sets", "matcher (costs + Hungarian)")
     for method, stage in TERMS.items():
         clock.wrap(criterion, method, stage)
     trainer.sampler.set_epoch(0)
@@ -97,6 +109,64 @@ def profile(trainer: Trainer, steps: int, warmup: int) -> List[Dict[str, float]]
         clock.add("EMA", time.perf_counter() - tic)
         clock.lap()
     return clock.steps[warmup:]
+
+
+def criterion_at(rev: str, trainer: Trainer) -> Callable:
+    """The trainer's criterion as built by the `mrtdetr_lib/loss` package of git revision `rev`
+    (imported as `mrtdetr_lib.loss_at_rev` from a temporary copy)."""
+    folder = Path(tempfile.mkdtemp(prefix="loss_at_rev_"))
+    root = Path(__file__).resolve().parents[1]
+    for name in ("__init__.py", "criterion.py", "matcher.py"):
+        source = subprocess.run(["git", "-C", str(root), "show", f"{rev}:mrtdetr_lib/loss/{name}"],
+                                capture_output=True, text=True, check=True).stdout
+        (folder / name).write_text(source)
+    spec = importlib.util.spec_from_file_location("mrtdetr_lib.loss_at_rev",
+                                                  folder / "__init__.py",
+                                                  submodule_search_locations=[str(folder)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    cfg = trainer.cfg
+    return module.build_criterion(cfg.loss, num_classes=cfg.model.num_classes)
+
+
+def compare(trainer: Trainer, old: Callable, steps: int, warmup: int) -> Dict[str, object]:
+    """Old and new criterion alternating (ABBA...) on each batch with the same seed: median
+    ms of forward + loss and of backward for each, and their largest relative loss gap."""
+    model, criteria = trainer.model, {"old": old, "new": trainer.criterion}
+    times: Dict[str, List[float]] = {f"{k} {part}": [] for k in criteria
+                                     for part in ("forward + loss", "backward")}
+    gap = 0.0
+    trainer.sampler.set_epoch(0)
+    batches = iter(trainer.loader)
+    model.train()
+    for step in range(warmup + steps):
+        batch = next(batches)
+        order = ["old", "new"] if step % 2 == 0 else ["new", "old"]
+        values = {}
+        for name in order:
+            paddle.seed(step)
+            tic = time.perf_counter()
+            losses = criteria[name](model(batch), batch)
+            middle = time.perf_counter()
+            losses["loss"].backward()
+            toc = time.perf_counter()
+            trainer.optimizer.clear_grad()
+            values[name] = {k: float(v) for k, v in losses.items()}
+            if step >= warmup:
+                times[f"{name} forward + loss"].append(middle - tic)
+                times[f"{name} backward"].append(toc - middle)
+        gap = max(gap, *(abs(values["new"][k] - v) / max(abs(v), 1e-12)
+                         for k, v in values["old"].items()))
+    result = {k: round(1000 * statistics.median(v), 1) for k, v in times.items()}
+    for name in criteria:
+        result[f"{name} step"] = round(1000 * statistics.median(
+            a + b for a, b in zip(times[f"{name} forward + loss"], times[f"{name} backward"])),
+            1)
+    result["new / old step"] = round(result["new step"] / result["old step"], 3)
+    result["largest relative loss difference"] = float(f"{gap:.3g}")
+    result["load average (1 min) at the end"] = os.getloadavg()[0]
+    return result
 
 
 def summarise(steps: List[Dict[str, float]]) -> List[Dict[str, object]]:
@@ -127,6 +197,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data", default="dataset/shapes")
     parser.add_argument("--markdown", action="store_true", help="a table instead of JSON")
+    parser.add_argument("--compare", metavar="REV", help="A/B the criterion of git revision REV")
     parser.add_argument("-o", "--opt", nargs="+", action="extend", default=[])
     args = parser.parse_args()
     threads = mrt.setup(args.threads)
@@ -136,6 +207,12 @@ def main() -> int:
     cfg.train.output_dir, cfg.train.eval = tempfile.mkdtemp(prefix="profile_step_"), False
     cfg = apply_overrides(cfg, args.opt)
     trainer = Trainer(cfg, progress=False)
+    if args.compare:
+        result = compare(trainer, criterion_at(args.compare, trainer), args.steps, args.warmup)
+        print(json.dumps({"what": "profile_step --compare", "config": args.config,
+                          "rev": args.compare, "threads": threads, "steps": args.steps,
+                          **result, "overrides": args.opt}))
+        return 0
     rows = summarise(profile(trainer, args.steps, args.warmup))
     if args.markdown:
         print("| stage | median ms | share |\n|---|---|---|")

@@ -13,8 +13,9 @@ their sum `loss` are PaddleDetection's.
 """
 
 import dataclasses
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
+import numpy as np
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
@@ -28,13 +29,13 @@ def varifocal_loss(logits: paddle.Tensor, target_score: paddle.Tensor, one_hot: 
                    normalizer, alpha: float = 0.75, gamma: float = 2.0) -> paddle.Tensor:
     """VFL (Zhang et al. 2021): BCE towards the IoU target, negatives down-weighted by p^gamma.
 
-    logits, target_score, one_hot [B, Q, K] -> scalar (mean over queries, sum over the rest).
+    logits, target_score, one_hot [.., B, Q, K] -> [..] (mean over queries, sum over B, K).
     """
     prob = F.sigmoid(logits)
     weight = alpha * prob.pow(gamma) * (1 - one_hot) + target_score * one_hot
     loss = F.binary_cross_entropy_with_logits(logits, target_score, weight=weight,
                                               reduction="none")
-    return loss.mean(1).sum() / normalizer
+    return loss.mean(-2).sum([-2, -1]) / normalizer
 
 
 def sigmoid_focal_loss(logits: paddle.Tensor, one_hot: paddle.Tensor, normalizer,
@@ -44,13 +45,7 @@ def sigmoid_focal_loss(logits: paddle.Tensor, one_hot: paddle.Tensor, normalizer
     loss = F.binary_cross_entropy_with_logits(logits, one_hot, reduction="none")
     p_t = prob * one_hot + (1 - prob) * (1 - one_hot)
     loss = loss * (1 - p_t) ** gamma * (alpha * one_hot + (1 - alpha) * (1 - one_hot))
-    return loss.mean(1).sum() / normalizer
-
-
-def gather_matched(per_image: Any, indices: MatchIndices, side: int) -> paddle.Tensor:
-    """Concatenate the matched rows of every image: side 0 = predictions, 1 = ground truth."""
-    return paddle.concat([paddle.gather(t, idx[side], axis=0)
-                          for t, idx in zip(per_image, indices) if len(idx[side]) > 0])
+    return loss.mean(-2).sum([-2, -1]) / normalizer
 
 
 def mask_iou(pred_logits: paddle.Tensor, gt_masks: paddle.Tensor) -> paddle.Tensor:
@@ -130,101 +125,162 @@ class MaskDINOLoss(nn.Layer):
 
         boxes [P, B, Q, 4], logits [P, B, Q, K], masks [P, B, Q, h, w]; `indices` fixes the
         matching (denoising), otherwise every prediction set is matched on its own.
+        The sets are handled together, the last layer first and then the others in order
+        (ppdet's loop): every step below is one operator over all of them.
         """
-        iou_type = self.vfl_iou_type
-        losses = self._losses(boxes[-1], logits[-1], masks[-1], inputs, num_gts, postfix,
-                              indices, iou_type)
-        if not self.aux_loss:
-            return losses
-        aux = [self._losses(boxes[i], logits[i], masks[i], inputs, num_gts, postfix, indices,
-                            "bbox") for i in range(len(boxes) - 1)]
-        for term in TERMS:
-            terms = [a[f"loss_{term}{postfix}"] for a in aux]
-            losses[f"loss_{term}_aux{postfix}"] = paddle.add_n(terms) if terms else paddle.zeros([])
-        return losses
-
-    def _losses(self, boxes, logits, masks, inputs, num_gts, postfix, indices,
-                iou_type) -> Dict[str, paddle.Tensor]:
-        """The five terms of one prediction set: boxes [B, Q, 4], logits [B, Q, K], masks."""
+        if self.aux_loss:  # ppdet's order: the last layer, then the earlier ones
+            boxes, logits, masks = (paddle.concat([x[-1:], x[:-1]]) for x in (boxes, logits,
+                                                                               masks))
+        else:
+            boxes, logits, masks = boxes[-1:], logits[-1:], masks[-1:]
+        sets, batch, num_queries = boxes.shape[:3]
+        gt_counts = [len(c) for c in inputs["gt_class"]]
+        has_gts = sum(gt_counts) > 0
+        if indices is None:  # Hungarian: min(Q, n_i) pairs per image
+            num_matched = sum(min(num_queries, n) for n in gt_counts)
+        else:
+            num_matched = sum(len(src) for src, _ in indices)
+        match_points, mask_draws = self._draw(sets, batch, num_matched, has_gts, indices is None)
         if indices is None:
-            indices = self.matcher(boxes, logits, masks, inputs["gt_bbox"],
-                                   inputs["gt_class"], inputs["gt_mask"])
-        has_gts = sum(len(c) for c in inputs["gt_class"]) > 0
+            set_indices = self.matcher.match_sets(boxes, logits, masks, inputs["gt_bbox"],
+                                                  inputs["gt_class"], inputs["gt_mask"],
+                                                  match_points)
+        else:
+            set_indices = [indices] * sets
+        pred_idx, gt_idx = self._flat_indices(set_indices, num_queries, gt_counts)
+        zero = paddle.zeros([sets])
+        terms = {term: zero for term in TERMS}
         iou = None
-        if self.use_vfl and has_gts:  # the IoU is a target: no gradient through it
-            if iou_type == "mask":
-                iou = mask_iou(gather_matched(masks.detach(), indices, 0),
-                               gather_matched(inputs["gt_mask"], indices, 1))
-            else:
-                iou = box_iou(box_cxcywh_to_xyxy(gather_matched(boxes.detach(), indices, 0)),
-                              box_cxcywh_to_xyxy(gather_matched(inputs["gt_bbox"], indices, 1)))
-        losses = {f"loss_class{postfix}": self._class_loss(logits, inputs["gt_class"], indices,
-                                                          num_gts, iou)}
-        zero = paddle.zeros([])
-        for term in ("bbox", "giou", "mask", "dice"):
-            losses[f"loss_{term}{postfix}"] = zero
         if has_gts:
-            box_terms = self._box_losses(boxes, inputs["gt_bbox"], indices, num_gts)
-            mask_terms = self._mask_losses(masks, inputs["gt_mask"], indices, num_gts)
-            for term, value in {**box_terms, **mask_terms}.items():
-                losses[f"loss_{term}{postfix}"] = value
+            if self.use_vfl:  # the IoU is a target: no gradient through it
+                iou = self._iou_targets(boxes.detach(), masks.detach(), inputs, pred_idx,
+                                        gt_idx, num_matched)
+            terms.update(self._box_losses(boxes, inputs["gt_bbox"], pred_idx, gt_idx,
+                                          num_gts))
+            terms.update(self._mask_losses(masks, inputs["gt_mask"], pred_idx, gt_idx, num_gts,
+                                           mask_draws))
+        terms["class"] = self._class_loss(logits, inputs["gt_class"], pred_idx, gt_idx,
+                                          num_gts, iou)
+        losses = {f"loss_{term}{postfix}": terms[term][0] for term in TERMS}
+        if self.aux_loss:
+            for term in TERMS:
+                losses[f"loss_{term}_aux{postfix}"] = (terms[term][1:].sum() if sets > 1
+                                                       else paddle.zeros([]))
         return losses
 
-    def _class_loss(self, logits, gt_class, indices, num_gts, iou) -> paddle.Tensor:
-        """Varifocal loss against one-hot labels scaled by the matched IoU (focal without gts)."""
-        batch, num_queries = logits.shape[:2]
-        labels = paddle.full([batch * num_queries], self.num_classes, dtype="int64")  # no object
-        score = paddle.zeros([batch * num_queries])
-        if sum(len(c) for c in gt_class) > 0:
-            flat = paddle.concat([src + i * num_queries for i, (src, _) in enumerate(indices)])
-            labels = paddle.scatter(labels, flat, gather_matched(gt_class, indices, 1)
-                                    .flatten().astype("int64"))
+    def _draw(self, sets: int, batch: int, num_matched: int, has_gts: bool, match: bool):
+        """Every random number of the sets, drawn in ppdet's order (per set: the matcher's
+        points, then the mask loss's), so that computing the sets together changes none:
+        (matcher points [P, B, 1, S, 2] or None, the mask loss's draws over all P*n rows)."""
+        if not has_gts:  # nothing is matched or sampled
+            return None, None
+        match_points, mask_draws = [], []
+        for _ in range(sets):
+            if match:
+                match_points.append(self.matcher.sample_points(batch))
+            mask_draws.append(self._point_draws(num_matched))
+        points = paddle.stack(match_points) if match else None
+        return points, [paddle.concat(d) for d in zip(*mask_draws)]
+
+    @staticmethod
+    def _flat_indices(set_indices: List[MatchIndices], num_queries: int,
+                      gt_counts: List[int]) -> Tuple[paddle.Tensor, paddle.Tensor]:
+        """Per set and image (query idx, gt idx) -> rows of the flattened predictions [P*B*Q]
+        and of the concatenated gts [N], set after set, image after image (ppdet's order)."""
+        batch, gt_start = len(gt_counts), np.cumsum([0] + gt_counts[:-1])
+        pred, gt = [], []
+        for s, indices in enumerate(set_indices):
+            for i, (src, dst) in enumerate(indices):
+                pred.append(src.numpy() + (s * batch + i) * num_queries)
+                gt.append(dst.numpy() + gt_start[i])
+        return (paddle.to_tensor(np.concatenate(pred).astype("int64")),
+                paddle.to_tensor(np.concatenate(gt).astype("int64")))
+
+    def _iou_targets(self, boxes, masks, inputs, pred_idx, gt_idx, num_matched):
+        """The VFL targets [P*n]: box IoU of every matched pair; with vfl_iou_type "mask" the
+        last layer's (the first n rows) is the mask IoU."""
+        iou = box_iou(box_cxcywh_to_xyxy(paddle.gather(boxes.flatten(0, 2), pred_idx)),
+                      box_cxcywh_to_xyxy(paddle.gather(paddle.concat(inputs["gt_bbox"]),
+                                                       gt_idx))).flatten()
+        if self.vfl_iou_type != "mask":
+            return iou
+        last = mask_iou(paddle.gather(masks.flatten(0, 2), pred_idx[:num_matched]),
+                        paddle.gather(paddle.concat(inputs["gt_mask"]), gt_idx[:num_matched]))
+        return paddle.concat([last.flatten(), iou[num_matched:]])
+
+    def _class_loss(self, logits, gt_class, pred_idx, gt_idx, num_gts, iou) -> paddle.Tensor:
+        """Varifocal loss against one-hot labels scaled by the matched IoU (focal without gts):
+        logits [P, B, Q, K] -> [P]."""
+        sets, batch, num_queries = logits.shape[:3]
+        labels = paddle.full([sets * batch * num_queries], self.num_classes, dtype="int64")
+        score = paddle.zeros([sets * batch * num_queries])  # no object, unless matched
+        if len(pred_idx) > 0:
+            labels = paddle.scatter(labels, pred_idx, paddle.gather(
+                paddle.concat(gt_class).flatten().astype("int64"), gt_idx))
             if iou is not None:
-                score = paddle.scatter(score, flat, iou.flatten())
-        one_hot = F.one_hot(labels.reshape([batch, num_queries]), self.num_classes + 1)[..., :-1]
+                score = paddle.scatter(score, pred_idx, iou)
+        one_hot = F.one_hot(labels.reshape([sets, batch, num_queries]),
+                            self.num_classes + 1)[..., :-1]
         normalizer = num_gts / num_queries
         if iou is None:
             return self.loss_coeff["class"] * sigmoid_focal_loss(logits, one_hot, normalizer)
-        target = score.reshape([batch, num_queries, 1]) * one_hot
+        target = score.reshape([sets, batch, num_queries, 1]) * one_hot
         return self.loss_coeff["class"] * varifocal_loss(logits, target, one_hot, normalizer)
 
-    def _box_losses(self, boxes, gt_bbox, indices, num_gts) -> Dict[str, paddle.Tensor]:
-        """L1 and 1 - GIoU of the matched boxes, summed and divided by the number of gts."""
-        pred = gather_matched(boxes, indices, 0)
-        target = gather_matched(gt_bbox, indices, 1)
-        l1 = F.l1_loss(pred, target, reduction="sum") / num_gts
+    def _box_losses(self, boxes, gt_bbox, pred_idx, gt_idx, num_gts) -> Dict[str, paddle.Tensor]:
+        """L1 and 1 - GIoU of the matched boxes, summed per set and divided by the gts: [P]."""
+        sets = boxes.shape[0]
+        pred = paddle.gather(boxes.flatten(0, 2), pred_idx)
+        target = paddle.gather(paddle.concat(gt_bbox), gt_idx)
+        l1 = (pred - target).abs().reshape([sets, -1]).sum(1) / num_gts
         giou = generalized_box_iou(box_cxcywh_to_xyxy(pred), box_cxcywh_to_xyxy(target))
         return {"bbox": self.loss_coeff["bbox"] * l1,
-                "giou": self.loss_coeff["giou"] * (1 - giou).sum() / num_gts}
+                "giou": self.loss_coeff["giou"] * (1 - giou).reshape([sets, -1]).sum(1)
+                / num_gts}
 
-    def _mask_losses(self, masks, gt_mask, indices, num_gts) -> Dict[str, paddle.Tensor]:
-        """BCE and dice of the matched masks at uncertain + random points."""
-        pred = gather_matched(masks, indices, 0).unsqueeze(1)  # [n, 1, h, w]
-        target = gather_matched(gt_mask, indices, 1).unsqueeze(1)  # [n, 1, H, W]
-        points = 2.0 * self._uncertain_points(pred).unsqueeze(1) - 1.0  # [n, 1, S, 2]
-        pred = F.grid_sample(pred, points, align_corners=False).squeeze([1, 2])  # [n, S]
+    def _mask_losses(self, masks, gt_mask, pred_idx, gt_idx, num_gts,
+                     draws) -> Dict[str, paddle.Tensor]:
+        """BCE and dice of the matched masks at uncertain + random points, per set: [P]."""
+        sets = masks.shape[0]
+        pred = paddle.gather(masks.flatten(0, 2), pred_idx).unsqueeze(1)  # [P*n, 1, h, w]
+        target = paddle.gather(paddle.concat(gt_mask), gt_idx).unsqueeze(1)  # [P*n, 1, H, W]
+        points = 2.0 * self._uncertain_points(pred, draws).unsqueeze(1) - 1.0  # [P*n, 1, S, 2]
+        pred = F.grid_sample(pred, points, align_corners=False).squeeze([1, 2])  # [P*n, S]
         target = F.grid_sample(target, points, align_corners=False).squeeze([1, 2]).detach()
-        bce = F.binary_cross_entropy_with_logits(pred, target, reduction="none").mean(1).sum()
+        bce = F.binary_cross_entropy_with_logits(pred, target, reduction="none").mean(1)
         prob = F.sigmoid(pred)
         dice = 1 - (2 * (prob * target).sum(1) + 1) / (prob.sum(-1) + target.sum(-1) + 1)
-        return {"mask": self.loss_coeff["mask"] * bce / num_gts,
-                "dice": self.loss_coeff["dice"] * dice.sum() / num_gts}
+        return {"mask": self.loss_coeff["mask"] * bce.reshape([sets, -1]).sum(1) / num_gts,
+                "dice": self.loss_coeff["dice"] * dice.reshape([sets, -1]).sum(1) / num_gts}
+
+    def _point_draws(self, num: int) -> List[paddle.Tensor]:
+        """The random numbers of `_uncertain_points` for `num` masks, in its order: the 3S
+        candidates [num, 1, 3S, 2] and the random top-up [num, S - important, 2] (or S
+        uniform points [num, S, 2] when no point is important)."""
+        if self.num_important_points == 0:
+            return [paddle.rand([num, self.num_sample_points, 2])]
+        draws = [paddle.rand([num, 1, self.num_oversample_points, 2])]
+        num_random = self.num_sample_points - self.num_important_points
+        if num_random > 0:
+            draws.append(paddle.rand([num, num_random, 2]))
+        return draws
 
     @paddle.no_grad()
-    def _uncertain_points(self, pred: paddle.Tensor) -> paddle.Tensor:
+    def _uncertain_points(self, pred: paddle.Tensor,
+                          draws: Optional[List[paddle.Tensor]] = None) -> paddle.Tensor:
         """[n, 1, h, w] logits -> [n, S, 2] points in 0..1: the most uncertain of 3S random
-        points (logit nearest 0), topped up with random ones (PointRend's sampling)."""
-        num = pred.shape[0]
+        points (logit nearest 0), topped up with random ones (PointRend's sampling).
+        `draws`: the random numbers of `_point_draws(n)` (drawn here when None)."""
+        draws = draws if draws is not None else self._point_draws(pred.shape[0])
         if self.num_important_points == 0:  # important_sample_ratio 0: uniform points only
-            return paddle.rand([num, self.num_sample_points, 2])
-        candidates = paddle.rand([num, 1, self.num_oversample_points, 2])
+            return draws[0]
+        candidates = draws[0]
         logits = F.grid_sample(pred, 2.0 * candidates - 1.0, align_corners=False)
         uncertainty = -paddle.abs(logits.squeeze([1, 2]))  # [n, 3S]
         _, top = paddle.topk(uncertainty, self.num_important_points, axis=1)
         points = paddle.take_along_axis(candidates.squeeze(1), top.unsqueeze(-1), axis=1)
-        num_random = self.num_sample_points - self.num_important_points
-        if num_random > 0:
-            points = paddle.concat([points, paddle.rand([num, num_random, 2])], axis=1)
+        if len(draws) > 1:
+            points = paddle.concat([points, draws[1]], axis=1)
         return points
 
 

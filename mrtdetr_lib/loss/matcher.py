@@ -38,7 +38,8 @@ def per_image(cost: np.ndarray, num_gts: List[int]) -> Iterator[np.ndarray]:
 
 def point_mask_costs(mask_logits: paddle.Tensor, gt_masks: paddle.Tensor,
                      num_points: int) -> Tuple[paddle.Tensor, paddle.Tensor]:
-    """BCE and dice costs of mask logits [M, S] against gt masks [N, S] (S points) -> [M, N]."""
+    """BCE and dice costs of mask logits [.., M, S] against gt masks [.., N, S] (S points)
+    -> [.., M, N] (leading dimensions: prediction sets, each its own matmul)."""
     pos = F.binary_cross_entropy_with_logits(mask_logits, paddle.ones_like(mask_logits),
                                              reduction="none")
     neg = F.binary_cross_entropy_with_logits(mask_logits, paddle.zeros_like(mask_logits),
@@ -48,7 +49,7 @@ def point_mask_costs(mask_logits: paddle.Tensor, gt_masks: paddle.Tensor,
                  + paddle.matmul(neg, 1 - gt_masks, transpose_y=True)) / num_points
     probs = F.sigmoid(mask_logits)
     numerator = 2 * paddle.matmul(probs, gt_masks, transpose_y=True)
-    denominator = probs.sum(-1, keepdim=True) + gt_masks.sum(-1).unsqueeze(0)
+    denominator = probs.sum(-1, keepdim=True) + gt_masks.sum(-1).unsqueeze(-2)
     cost_dice = 1 - (numerator + 1) / (denominator + 1)
     return cost_mask, cost_dice
 
@@ -63,31 +64,50 @@ class HungarianMatcher(nn.Layer):
         self.num_sample_points = num_sample_points
         self.alpha, self.gamma = alpha, gamma
 
-    @paddle.no_grad()
+    def sample_points(self, batch: int) -> paddle.Tensor:
+        """The mask points of one prediction set: [B, 1, S, 2] in -1..1, one set per image."""
+        return 2.0 * paddle.rand([batch, 1, self.num_sample_points, 2]) - 1.0
+
     def forward(self, boxes: paddle.Tensor, logits: paddle.Tensor, masks: paddle.Tensor,
                 gt_bbox: List[paddle.Tensor], gt_class: List[paddle.Tensor],
                 gt_mask: List[paddle.Tensor]) -> MatchIndices:
         """boxes [B, Q, 4] cxcywh, logits [B, Q, K], masks [B, Q, h, w] logits; per image
         gt_bbox [n, 4], gt_class [n, 1], gt_mask [n, H, W] float -> B (query idx, gt idx)."""
-        batch, num_queries = boxes.shape[:2]
+        return self.match_sets(boxes.unsqueeze(0), logits.unsqueeze(0), masks.unsqueeze(0),
+                               gt_bbox, gt_class, gt_mask)[0]
+
+    @paddle.no_grad()
+    def match_sets(self, boxes: paddle.Tensor, logits: paddle.Tensor, masks: paddle.Tensor,
+                   gt_bbox: List[paddle.Tensor], gt_class: List[paddle.Tensor],
+                   gt_mask: List[paddle.Tensor], points: Optional[paddle.Tensor] = None
+                   ) -> List[MatchIndices]:
+        """`forward` for P prediction sets at once (boxes [P, B, Q, 4], ...): one cost tensor
+        [P, B*Q, N], one assignment per set and image. `points` [P, B, 1, S, 2] are the sets'
+        mask points (drawn here when None, set after set)."""
+        sets, batch, num_queries = boxes.shape[:3]
         num_gts = [len(c) for c in gt_class]
         empty = paddle.zeros([0], dtype="int64")
         if sum(num_gts) == 0:
-            return [(empty, empty) for _ in range(batch)]
-        cost = self.weighted_sum(self.cost_terms(boxes, logits, masks, gt_bbox, gt_class,
-                                                   gt_mask, num_gts))
-        indices = []
-        for block in per_image(cost.reshape([batch, num_queries, -1]).numpy(), num_gts):
-            if block.shape[1] == 0:
-                indices.append((empty, empty))
-                continue
-            rows, cols = linear_sum_assignment(block)
-            indices.append((paddle.to_tensor(rows, dtype="int64"),
-                            paddle.to_tensor(cols, dtype="int64")))
-        return indices
+            return [[(empty, empty) for _ in range(batch)] for _ in range(sets)]
+        if points is None:
+            points = paddle.stack([self.sample_points(batch) for _ in range(sets)])
+        cost = self.weighted_sum(self.set_cost_terms(boxes, logits, masks, gt_bbox, gt_class,
+                                                     gt_mask, num_gts, points))
+        result = []
+        for per_set in cost.reshape([sets, batch, num_queries, -1]).numpy():
+            indices = []
+            for block in per_image(per_set, num_gts):
+                if block.shape[1] == 0:
+                    indices.append((empty, empty))
+                    continue
+                rows, cols = linear_sum_assignment(block)
+                indices.append((paddle.to_tensor(rows, dtype="int64"),
+                                paddle.to_tensor(cols, dtype="int64")))
+            result.append(indices)
+        return result
 
     def weighted_sum(self, terms: Dict[str, paddle.Tensor]) -> paddle.Tensor:
-        """The matching cost: the terms of `cost_terms` times `matcher_coeff`, [B*Q, N]."""
+        """The matching cost: the terms of `cost_terms` times `matcher_coeff`, [.., B*Q, N]."""
         coeff = self.matcher_coeff  # ppdet's order of additions (box terms first)
         cost = coeff["class"] * terms["class"] + coeff["bbox"] * terms["bbox"] \
             + coeff["giou"] * terms["giou"]
@@ -95,26 +115,41 @@ class HungarianMatcher(nn.Layer):
 
     def cost_terms(self, boxes, logits, masks, gt_bbox, gt_class, gt_mask,
                     num_gts) -> Dict[str, paddle.Tensor]:
-        """The unweighted costs of every prediction against every gt, each [B*Q, N]."""
-        probs = F.sigmoid(logits.flatten(0, 1))  # [B*Q, K]
-        pred_boxes = boxes.flatten(0, 1)  # [B*Q, 4]
+        """The unweighted costs of every prediction of one set against every gt, each
+        [B*Q, N]; draws the set's mask points."""
+        terms = self.set_cost_terms(boxes.unsqueeze(0), logits.unsqueeze(0), masks.unsqueeze(0),
+                                    gt_bbox, gt_class, gt_mask, num_gts,
+                                    self.sample_points(len(num_gts)).unsqueeze(0))
+        return {k: v[0] for k, v in terms.items()}
+
+    def set_cost_terms(self, boxes, logits, masks, gt_bbox, gt_class, gt_mask, num_gts,
+                       points) -> Dict[str, paddle.Tensor]:
+        """`cost_terms` of P sets (boxes [P, B, Q, 4], ..., points [P, B, 1, S, 2]) -> each
+        [P, B*Q, N]: every term is one operator over all sets."""
+        sets, batch = boxes.shape[:2]
+        probs = F.sigmoid(logits.flatten(1, 2))  # [P, B*Q, K]
+        pred_boxes = boxes.flatten(1, 2).unsqueeze(2)  # [P, B*Q, 1, 4]
         target_ids = paddle.concat(gt_class).flatten().astype("int64")  # [N]
         target_boxes = paddle.concat(gt_bbox)  # [N, 4]
 
-        cost_class = focal_class_cost(paddle.gather(probs, target_ids, axis=1), self.alpha,
+        cost_class = focal_class_cost(paddle.gather(probs, target_ids, axis=2), self.alpha,
                                       self.gamma)
-        cost_bbox = (pred_boxes.unsqueeze(1) - target_boxes.unsqueeze(0)).abs().sum(-1)
-        giou = generalized_box_iou(box_cxcywh_to_xyxy(pred_boxes.unsqueeze(1)),
-                                   box_cxcywh_to_xyxy(target_boxes.unsqueeze(0))).squeeze(-1)
+        cost_bbox = (pred_boxes - target_boxes).abs().sum(-1)
+        giou = generalized_box_iou(box_cxcywh_to_xyxy(pred_boxes),
+                                   box_cxcywh_to_xyxy(target_boxes)).squeeze(-1)
 
         # All queries of an image share one set of random points (cheap: no per-pair sampling).
-        points = 2.0 * paddle.rand([len(num_gts), 1, self.num_sample_points, 2]) - 1.0
-        pred_points = F.grid_sample(masks, points, align_corners=False)  # [B, Q, 1, S]
-        pred_points = pred_points.squeeze(-2).flatten(0, 1)  # [B*Q, S]
-        gt_points = paddle.concat([pts.tile([n, 1, 1, 1]) for pts, n in zip(points, num_gts)
-                                   if n > 0])  # [N, 1, S, 2]: each gt uses its image's points
-        target = F.grid_sample(paddle.concat(gt_mask).unsqueeze(1), gt_points,
-                               align_corners=False).squeeze([1, 2])  # [N, S]
+        pred_points = F.grid_sample(masks.flatten(0, 1), points.flatten(0, 1),
+                                    align_corners=False)  # [P*B, Q, 1, S]
+        pred_points = pred_points.reshape([sets, -1, self.num_sample_points])  # [P, B*Q, S]
+        # Each gt is sampled at its image's points of every set at once: [N, 1, P*S, 2].
+        image_of_gt = paddle.to_tensor([i for i, n in enumerate(num_gts) for _ in range(n)],
+                                       dtype="int64")
+        gt_points = paddle.gather(points, image_of_gt, axis=1).transpose([1, 2, 0, 3, 4])
+        target = F.grid_sample(paddle.concat(gt_mask).unsqueeze(1),
+                               gt_points.reshape([len(image_of_gt), 1, -1, 2]),
+                               align_corners=False)  # [N, 1, 1, P*S]
+        target = target.reshape([-1, sets, self.num_sample_points]).transpose([1, 0, 2])
         cost_mask, cost_dice = point_mask_costs(pred_points, target, self.num_sample_points)
         return {"class": cost_class, "bbox": cost_bbox, "giou": (1 - giou) - 1,  # ppdet: GIoU
                 "mask": cost_mask, "dice": cost_dice}                            # loss - 1
