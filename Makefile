@@ -3,6 +3,7 @@
 #   make test     unit tests + `pytest --nbval` over notebooks/ (quick mode); what CI runs
 #   make lab      open JupyterLab on the course
 #   make browser-check  chapter 04's explorer in JupyterLab, driven in headless Chromium
+#   make vdl-check  a quick `mrtdetr train --use_vdl`, its charts in VisualDL in headless Chromium
 #   make checkpoint  retrain the shipped course checkpoint from scratch (about 2 h on 2 cores)
 #   make train-10min  train tiny from scratch for 10 minutes as 2 processes; JSON line + curve
 #   make book     the course as a static website (Jupyter Book 1.0) in build/book/_build/html
@@ -18,12 +19,12 @@ export POLYGRAPHY_AUTOINSTALL_DEPS := 0
 export PYTHONDONTWRITEBYTECODE := 1
 export MPLBACKEND := Agg
 
-.PHONY: venv course test lab shapes lint clean-venv browser-check checkpoint train-10min \
-	book book-check
+.PHONY: venv course test lab shapes lint clean-venv browser-check vdl-check checkpoint \
+	train-10min book book-check
 
 $(VENV)/.installed: pyproject.toml requirements-lock.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -c requirements-lock.txt -e ".[dev]"
+	$(PY) -m pip install -q --disable-pip-version-check -c requirements-lock.txt -e ".[dev,vdl]"
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (mrtdetr)" >/dev/null
 	@touch $@
 
@@ -86,6 +87,13 @@ book-check: book
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium chromium-driver; }
 	$(PY) bench/book_check.py --html build/book/_build/html
+# the training dashboard: a quick `mrtdetr train --use_vdl`, then VisualDL's scalar page in
+# headless Chromium (about a minute; not part of `make test`); screenshot in build/vdl_check/
+vdl-check: venv shapes
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium chromium-driver; }
+	$(PY) bench/vdl_check.py
 
 lint: venv
 	$(VENV)/bin/ruff check mrtdetr_lib tests data_scripts bench

@@ -96,6 +96,19 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval", action="store_true", help="evaluate during training, keep the best")
     p.add_argument("-r", "--resume", help="checkpoint (last.pdckpt) to continue from")
     p.add_argument("--amp", action="store_true", help="mixed precision (GPU; no effect on CPU)")
+    p.add_argument("--use_vdl", nargs="?", const=True, default=False, type=_flag,
+                   help="write a VisualDL log of the losses, lr and AP (ppdet's flag; "
+                   "`--use_vdl` or `--use_vdl true`)")
+    p.add_argument("--vdl_log_dir", default="vdl_log_dir/scalar",
+                   help="the VisualDL log folder (default: %(default)s, as ppdet)")
+
+
+def _flag(text: str) -> bool:
+    """ppdet passes `--use_vdl true`; unlike its `type=bool`, "false" here means False."""
+    value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+    if text.lower() not in value:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value[text.lower()]
 
 
 def _train(args: argparse.Namespace, cfg: Config) -> int:
@@ -106,8 +119,17 @@ def _train(args: argparse.Namespace, cfg: Config) -> int:
     cfg.train.resume = args.resume or cfg.train.resume
     if args.output_dir:
         cfg.train.output_dir = args.output_dir
-    trainer = Trainer(cfg)
-    result = trainer.train()
+    callbacks = []
+    if args.use_vdl:
+        from .engine.vdl import VisualDLWriter
+
+        callbacks.append(VisualDLWriter(args.vdl_log_dir))
+    trainer = Trainer(cfg, callbacks=callbacks)
+    try:
+        result = trainer.train()
+    finally:
+        for callback in callbacks:
+            callback.close()
     if trainer.is_main:
         print(json.dumps({"steps": result["steps"], "stopped": result["stopped"],
                           "best": result["best"], "output_dir": cfg.train.output_dir}))
