@@ -16,6 +16,7 @@ and VisualDL's log go to --out. Exit status 0 when the check passes, 1 with what
 import argparse
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -73,7 +74,7 @@ def write_log(logdir: Path, demo: bool, start: float) -> None:
                         "mask_AP": step / 90})
         writer.close()
         return
-    if not (ROOT / "dataset" / "shapes" / "annotations").is_dir():
+    if not (ROOT / "dataset" / "shapes" / "instances_train.json").is_file():
         raise CheckFailed("no dataset/shapes: run `make shapes` first")
     command = [sys.executable, "-m", "mrtdetr_lib", "train", "-c", "configs/tiny_shapes.yml",
                "--eval", "--use_vdl", "--vdl_log_dir", str(logdir),
@@ -90,7 +91,7 @@ def start_visualdl(logdir: Path, port: int, log_file: Any) -> subprocess.Popen:
     """VisualDL's board on 127.0.0.1:port (English, no telemetry) over `logdir`."""
     visualdl = Path(sys.executable).with_name("visualdl")
     if not visualdl.exists():
-        raise CheckFailed("visualdl not installed: pip install 'mrtdetr[vdl]'")
+        raise CheckFailed("visualdl not installed: pip install -e '.[vdl]'")
     return subprocess.Popen([str(visualdl), "--logdir", str(logdir), "--host", "127.0.0.1",
                              "--port", str(port), "--language", "en", "--disable-telemetry"],
                             stdout=log_file, stderr=subprocess.STDOUT)
@@ -163,6 +164,7 @@ def check(out: Path, demo: bool, timeout: float) -> dict:
             if board is not None:
                 board.terminate()
                 board.wait(30)
+            shutil.rmtree(tmp, ignore_errors=True)
     times["total"] = time.time() - start
     return times
 

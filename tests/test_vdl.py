@@ -36,7 +36,7 @@ def test_use_vdl_parses_as_ppdet_and_false_means_false():
 def test_train_with_use_vdl_logs_every_loss_term_lr_and_ap(tmp_path, monkeypatch, capsys):
     """A quick-mode run with an evaluation; VisualDL's own reader finds every scalar of the
     run's JSON-lines log, at its step."""
-    pytest.importorskip("visualdl", reason="the optional extra: pip install 'mrtdetr[vdl]'")
+    pytest.importorskip("visualdl", reason="the optional extra: pip install -e '.[vdl]'")
     from visualdl import LogReader
 
     from mrtdetr_lib.data.shapes import make_shapes

@@ -9,7 +9,7 @@ The tags are PaddleDetection's (its VisualDLWriter callback): every loss term un
 `bbox-mAP` / `mask-mAP`. Added here: `lr`, and the other COCO numbers as `eval/<name>`
 (`eval/mask_AP50`, ...). The x axis is the training step for both (ppdet counts evaluations
 from 0), so a loss curve and the AP it led to line up. VisualDL is an optional extra:
-`pip install "mrtdetr[vdl]"`.
+`pip install -e ".[vdl]"` in the repository (or `pip install visualdl==2.5.3`).
 """
 
 from typing import Any, Optional
@@ -43,7 +43,7 @@ class VisualDLWriter:
             import visualdl  # noqa: F401  (fail here, before training, not at the first step)
         except ImportError as err:
             raise ImportError("--use_vdl needs VisualDL: pip install visualdl==2.5.3 "
-                              '(or pip install "mrtdetr[vdl]")') from err
+                              '(or pip install -e ".[vdl]" in the repository)') from err
         self.logdir, self.flush_secs = logdir, flush_secs
         self.writer: Optional[Any] = None
 
