@@ -8,12 +8,14 @@ configs/tiny_shapes.yml --eval --use_vdl`, MRTDETR_QUICK=1, on dataset/shapes), 
 `visualdl --logdir ... --host 127.0.0.1 --port P --language en --disable-telemetry`, opens its
 scalar page in Debian's chromium through chromedriver (selenium, as bench/browser_check.py) and
 waits until the page shows a drawn chart (a canvas in the tag's group) for each of `loss`,
-`loss_class`, `lr` and `mask-mAP`, opening their groups as a user would. `--demo` writes
-made-up records through the same VisualDLWriter instead of training (seconds). A screenshot
-and VisualDL's log go to --out. Exit status 0 when the check passes, 1 with what was not seen.
+`loss_class`, `lr` and `mask-mAP`, opening their groups as a user would, and the board serves
+each of them its points. `--demo` writes made-up records through the same VisualDLWriter
+instead of training (seconds). A screenshot and VisualDL's log go to --out. Exit status 0 when
+the check passes, 1 with what was not seen.
 """
 
 import argparse
+import json
 import math
 import os
 import shutil
@@ -21,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any, List, Optional
@@ -122,6 +125,16 @@ def open_groups(browser: Any) -> None:
             browser.execute_script(OPEN_GROUP, tag)
 
 
+def served_points(url: str, logdir: Path) -> dict:
+    """{tag: number of points} that the board serves for the charts of TAGS (its scalar API)."""
+    counts = {}
+    for tag in TAGS:
+        query = urllib.parse.urlencode({"run": str(logdir), "tag": tag})
+        with urllib.request.urlopen(f"{url}/app/api/scalar/list?{query}", timeout=10) as reply:
+            counts[tag] = len(json.loads(reply.read())["data"])
+    return counts
+
+
 def charts_shown(browser: Any) -> Optional[dict]:
     """The page state once every tag of TAGS has a drawn chart, else None."""
     state = browser.execute_script(PAGE_STATE, list(TAGS))
@@ -151,8 +164,13 @@ def check(out: Path, demo: bool, timeout: float) -> dict:
             open_groups(browser)
             state = wait_for(lambda: charts_shown(browser), timeout,
                              f"charts of {', '.join(TAGS)} on {url}/app/scalar")
+            points = served_points(url, logdir)
+            if min(points.values()) == 0:
+                raise CheckFailed(f"charts without points: {points}")
+            time.sleep(3)  # the charts fetch their points after drawing their frames
             browser.save_screenshot(str(out / "scalars.png"))
-            log(f"charts of {', '.join(state['charts'])} drawn: {out / 'scalars.png'}", start)
+            log(f"charts of {', '.join(state['charts'])} drawn, points {points}: "
+                f"{out / 'scalars.png'}", start)
             times["see the charts"] = time.time() - start - times["write the log"]
         except Exception:
             if browser is not None:
