@@ -2,7 +2,8 @@
 term, backward, optimizer and EMA, measured on the project's own Trainer objects.
 
     python bench/profile_step.py [-c configs/tiny_shapes_10min.yml] [--steps 30] [--warmup 5]
-                                 [--threads 2] [--markdown] [--compare REV] [-o key=value ...]
+                                 [--threads 2] [--markdown] [--compare REV [--loss-only]]
+                                 [-o key=value ...]
 
 Paddle runs synchronously on the CPU, so wall-clock timers around each stage (forward hooks on
 the model's parts, wrappers on the matcher and the criterion's terms) add up to the step.
@@ -13,7 +14,8 @@ Prints one JSON line per stage (median and mean ms per step, share of the step),
 tree's instead: both in this process, alternating step by step over the same batches and the
 same random numbers (the model's forward + loss, and the backward; no optimizer step), so a
 busy machine slows both alike. Prints each one's median ms, the ratio, and how far their
-losses differ.
+losses differ. With `--loss-only` the model's forward runs once per batch untimed and only the
+criteria (forward and their backward down to the model's outputs) are timed.
 """
 
 import argparse
@@ -130,9 +132,23 @@ def criterion_at(rev: str, trainer: Trainer) -> Callable:
     return module.build_criterion(cfg.loss, num_classes=cfg.model.num_classes)
 
 
-def compare(trainer: Trainer, old: Callable, steps: int, warmup: int) -> Dict[str, object]:
+def leaves(outputs: Dict[str, object]) -> Dict[str, object]:
+    """The model's outputs as new leaf tensors that take gradients (the backward stops there)."""
+    result = {}
+    for key, value in outputs.items():
+        if isinstance(value, paddle.Tensor):
+            value = value.detach()
+            value.stop_gradient = False
+        result[key] = value
+    return result
+
+
+def compare(trainer: Trainer, old: Callable, steps: int, warmup: int,
+            loss_only: bool = False) -> Dict[str, object]:
     """Old and new criterion alternating (ABBA...) on each batch with the same seed: median
-    ms of forward + loss and of backward for each, and their largest relative loss gap."""
+    ms of forward + loss and of backward for each, and their largest relative loss gap.
+    `loss_only`: the model's forward runs once per batch outside the clock, and only the
+    criterion and its own backward (down to the model's outputs) are timed."""
     model, criteria = trainer.model, {"old": old, "new": trainer.criterion}
     times: Dict[str, List[float]] = {f"{k} {part}": [] for k in criteria
                                      for part in ("forward + loss", "backward")}
@@ -143,11 +159,15 @@ def compare(trainer: Trainer, old: Callable, steps: int, warmup: int) -> Dict[st
     for step in range(warmup + steps):
         batch = next(batches)
         order = ["old", "new"] if step % 2 == 0 else ["new", "old"]
-        values = {}
+        values, outputs = {}, None
+        if loss_only:
+            with paddle.no_grad():
+                outputs = model(batch)
         for name in order:
             paddle.seed(step)
+            inputs = leaves(outputs) if loss_only else None
             tic = time.perf_counter()
-            losses = criteria[name](model(batch), batch)
+            losses = criteria[name](inputs if loss_only else model(batch), batch)
             middle = time.perf_counter()
             losses["loss"].backward()
             toc = time.perf_counter()
@@ -198,6 +218,8 @@ def main() -> int:
     parser.add_argument("--data", default="dataset/shapes")
     parser.add_argument("--markdown", action="store_true", help="a table instead of JSON")
     parser.add_argument("--compare", metavar="REV", help="A/B the criterion of git revision REV")
+    parser.add_argument("--loss-only", action="store_true",
+                        help="with --compare: time the criterion alone (forward + its backward)")
     parser.add_argument("-o", "--opt", nargs="+", action="extend", default=[])
     args = parser.parse_args()
     threads = mrt.setup(args.threads)
@@ -208,8 +230,10 @@ def main() -> int:
     cfg = apply_overrides(cfg, args.opt)
     trainer = Trainer(cfg, progress=False)
     if args.compare:
-        result = compare(trainer, criterion_at(args.compare, trainer), args.steps, args.warmup)
+        result = compare(trainer, criterion_at(args.compare, trainer), args.steps, args.warmup,
+                         args.loss_only)
         print(json.dumps({"what": "profile_step --compare", "config": args.config,
+                          "timed": "criterion" if args.loss_only else "model + criterion",
                           "rev": args.compare, "threads": threads, "steps": args.steps,
                           **result, "overrides": args.opt}))
         return 0

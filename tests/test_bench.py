@@ -55,3 +55,31 @@ def test_train_shapes_refuses_a_process_count_its_threads_cannot_feed(capsys):
         assert exit_.value.code == 2
         assert f"--procs must be at least 1 and at most --threads (2), got {procs}" in (
             capsys.readouterr().err)
+
+
+def test_profile_step_compare_runs_two_criteria_on_the_same_batches(tmp_path):
+    """`profile_step.py --compare REV`: REV's loss package next to the working tree's, on the
+    same batches and seeds; with the loss unchanged since HEAD, the same losses."""
+    import subprocess
+
+    from mrtdetr_lib.config import load_config
+    from mrtdetr_lib.data.shapes import make_shapes
+    from mrtdetr_lib.engine import Trainer
+
+    profile = load_bench("profile_step")
+    make_shapes(str(tmp_path / "shapes"), num_train=4, num_val=1, image_size=128, progress=False)
+    cfg = load_config(str(ROOT / "configs" / "tiny_shapes_10min.yml"))
+    cfg.data.dataset_dir, cfg.data.batch_size = str(tmp_path / "shapes"), 2
+    cfg.train.output_dir, cfg.train.eval = str(tmp_path / "out"), False
+    trainer = Trainer(cfg, progress=False)
+    try:
+        old = profile.criterion_at("HEAD", trainer)
+    except subprocess.CalledProcessError:
+        pytest.skip("no git history to take the old criterion from")
+    assert type(old).__module__ == "mrtdetr_lib.loss_at_rev.criterion"
+    result = profile.compare(trainer, old, steps=2, warmup=0, loss_only=True)
+    assert result["old step"] > 0 and result["new step"] > 0
+    unchanged = subprocess.run(["git", "-C", str(ROOT), "diff", "--quiet", "HEAD", "--",
+                                "mrtdetr_lib/loss"]).returncode == 0
+    if unchanged:
+        assert result["largest relative loss difference"] < 1e-6
