@@ -8,6 +8,9 @@ matching; denoising queries know their object already) and five terms are summed
   bbox   L1 on normalised cx, cy, w, h        giou  1 - generalised IoU
   mask   BCE on sampled points                dice  1 - dice overlap on the same points
 Points are sampled where the mask is uncertain (PointRend, Kirillov et al. 2020).
+ppdet loops over the sets; here every step is one operator over all of them (on a CPU a step is
+many small operators, so fewer, larger ones are cheaper), with the same numbers: the random
+points are drawn first, in ppdet's order, and the sums are taken per set.
 Mirrors `ppdet/modeling/losses/detr_loss.py` (DETRLoss, DINOLoss, MaskDINOLoss); the keys and
 their sum `loss` are PaddleDetection's.
 """
