@@ -2,6 +2,7 @@
 
 import glob
 import os
+import sys
 
 import pytest
 
@@ -31,6 +32,15 @@ def test_use_vdl_parses_as_ppdet_and_false_means_false():
     assert not parse("--use_vdl", "false").use_vdl  # ppdet's type=bool would say True
     with pytest.raises(SystemExit):
         parse("--use_vdl", "maybe")
+
+
+def test_use_vdl_without_visualdl_is_one_clear_line(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "visualdl", None)  # `import visualdl` raises ImportError
+    assert main(["train", "-c", CONFIG, "--use_vdl"]) == 2
+    err = [line for line in capsys.readouterr().err.strip().splitlines()
+           if not line.startswith("quick mode")]
+    assert err == ["mrtdetr: error: --use_vdl needs VisualDL: pip install visualdl==2.5.3 "
+                   '(or pip install -e ".[vdl]" in the repository)']
 
 
 def test_train_with_use_vdl_logs_every_loss_term_lr_and_ap(tmp_path, monkeypatch, capsys):

@@ -14,6 +14,7 @@ from 0), so a loss curve and the AP it led to line up. VisualDL is an optional e
 
 from typing import Any, Optional
 
+from ..errors import UserError
 from .log import Record
 
 NOT_PLOTTED = ("kind", "step", "epoch", "seconds")  # bookkeeping, not curves
@@ -41,9 +42,9 @@ class VisualDLWriter:
     def __init__(self, logdir: str = "vdl_log_dir/scalar", flush_secs: int = 10):
         try:
             import visualdl  # noqa: F401  (fail here, before training, not at the first step)
-        except ImportError as err:
-            raise ImportError("--use_vdl needs VisualDL: pip install visualdl==2.5.3 "
-                              '(or pip install -e ".[vdl]" in the repository)') from err
+        except ImportError as err:  # a flag the environment cannot serve: the user's to fix
+            raise UserError("--use_vdl needs VisualDL: pip install visualdl==2.5.3 "
+                            '(or pip install -e ".[vdl]" in the repository)') from err
         self.logdir, self.flush_secs = logdir, flush_secs
         self.writer: Optional[Any] = None
 
