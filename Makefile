@@ -24,7 +24,7 @@ export MPLBACKEND := Agg
 
 $(VENV)/.installed: pyproject.toml requirements-lock.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -c requirements-lock.txt -e ".[dev,vdl]"
+	$(PY) -m pip install -q --disable-pip-version-check -c requirements-lock.txt -e ".[dev,vdl,openvino]"
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (mrtdetr)" >/dev/null
 	@touch $@
 

@@ -1,26 +1,31 @@
 """Deployment latency on CPU (and GPU where TensorRT runs): one JSON line per measurement.
 
-    python bench/bench_deploy.py [--backends eager paddle-inference ort ort-int8 trt]
+    python bench/bench_deploy.py [--backends eager paddle-inference ort ort-int8 openvino
+        openvino-bf16 openvino-int8 trt]
         [--archs tiny s l] [--queries 300 100] [--batches 1 4] [--runs 10] [--quick] [--int8]
 
 Backends: `eager` (the library model, paddle dynamic graph), `paddle-inference`
 (export.PaddlePredictor on the jit.save'd program), `ort` (export.OnnxPredictor, fp32),
 `ort-int8` (the same ONNX quantised by export.quantize_onnx: int8 convolutions calibrated on
-random images), `trt` (FP16 TensorRT engine, only where `tensorrt_available()` is None; else a
-`skipped` line with the reason). Each (arch, num_queries, batch) is exported once per batch size
-(fixed-batch exports) into `--exports` (default: a temporary folder). Inputs are random at the
-preset's eval size; the weights are random too: latency does not depend on their values. The
-`tiny` preset has 100 queries, so for it `--queries 300` means its own 100 and `--queries 100`
-means 50 (see `queries_note`). `median_ms` is the median of `--runs` timed calls after
-`--warmup` untimed ones. Targets on the 2-core machine: `ort`, l at 640, batch 1, 300 queries,
-<= 800 ms (PaddleDetection's own export there), and `ort-int8` >= 1.5x faster than `ort`
-(`speedup_vs_ort`). Speeds are only meaningful on an otherwise idle machine.
+random images), `openvino`, `openvino-bf16` (where the CPU has bf16) and `openvino-int8` (the
+same two ONNX files in OpenVINO, export.OpenVinoPredictor), `trt` (FP16 TensorRT engine, only
+where `tensorrt_available()` is None; else a `skipped` line with the reason). Each (arch,
+num_queries, batch) is exported once per batch size (fixed-batch exports) into `--exports`
+(default: a temporary folder). Inputs are random at the preset's eval size; the weights are
+random too: latency does not depend on their values. The `tiny` preset has 100 queries, so for
+it `--queries 300` means its own 100 and `--queries 100` means 50 (see `queries_note`). The
+backends of one configuration are timed interleaved (one call each per round, the order
+rotating: a change of load hits them alike); every line carries the latency protocol
+(`timing.latency_record`): median and IQR of `--runs` timed calls after `--warmup` untimed ones,
+the machine (CPU model, cores, threads) and library versions. Targets on the 2-core machine, l
+at 640, batch 1, 300 queries: `ort` <= 800 ms (PaddleDetection's own export there), `ort-int8`
+>= 1.5x faster than `ort` (`speedup_vs_ort`), the fastest fp32 backend <= 300 ms and the fastest
+int8 one <= 180 ms (the lines with `fastest`).
 """
 
 import argparse
 import gc
 import json
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -29,9 +34,14 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 import mrtdetr_lib as mrt
-from mrtdetr_lib.course.timing import timed
+from mrtdetr_lib.course.query_study import interleaved_times
+from mrtdetr_lib.export.benchmark import latency_record
 
-BACKENDS = ("eager", "paddle-inference", "ort", "ort-int8", "trt")
+BACKENDS = ("eager", "paddle-inference", "ort", "ort-int8", "openvino", "openvino-bf16",
+            "openvino-int8", "trt")
+FP32 = ("paddle-inference", "ort", "openvino", "trt")
+INT8 = ("ort-int8", "openvino-int8")
+TARGET_FASTEST_MS = {("l", 640, 1, 300): {"fp32": 300, "int8": 180}}
 TINY_QUERIES = {300: 100, 100: 50}  # tiny's preset has 100 queries: its own, and fewer
 TARGET_ORT_MS = {("l", 640, 1, 300): 800}
 TARGET_INT8_SPEEDUP = 1.5
@@ -62,22 +72,43 @@ def predictors(backends: List[str], model, folder: Path, name: str, batch: int,
     from mrtdetr_lib.export.quantize import calibration_inputs, quantize_onnx
 
     out: Dict[str, Callable] = {}
+    onnx_path = int8_path = None
     if "eager" in backends:
         out["eager"] = eager_predictor(model)
-    if set(backends) & {"paddle-inference", "ort", "ort-int8"}:
+    if set(backends) - {"eager", "trt"}:
         onnx_path = export_onnx(model, folder, name, batch=batch)  # writes the paddle one too
     if "paddle-inference" in backends:
         out["paddle-inference"] = PaddlePredictor(folder / f"{name}_b{batch}_paddle",
                                                   threads=threads)
     if "ort" in backends:
         out["ort"] = OnnxPredictor(onnx_path, threads=threads)
-    if "ort-int8" in backends:
+    if set(backends) & set(INT8):
         int8_path = quantize_onnx(onnx_path, folder / f"{name}_b{batch}_int8.onnx",
                                   calibration_inputs(calibration_images(), onnx_path))
+    if "ort-int8" in backends:
         out["ort-int8"] = OnnxPredictor(int8_path, threads=threads)
+    out.update(openvino_predictors(backends, onnx_path, int8_path, threads))
     if "trt" in backends:
         reason = tensorrt_available()
         out["trt"] = reason or trt_predictor(model, folder, name, batch)
+    return out
+
+
+def openvino_predictors(backends: List[str], onnx_path, int8_path, threads: int
+                        ) -> Dict[str, Callable]:
+    """OpenVINO on the fp32 and int8 ONNX files; bf16 where the CPU has it, else a reason."""
+    from mrtdetr_lib.export.openvino import OpenVinoPredictor, bf16_available
+
+    out: Dict[str, Callable] = {}
+    for backend, path, precision in (("openvino", onnx_path, "fp32"),
+                                     ("openvino-bf16", onnx_path, "bf16"),
+                                     ("openvino-int8", int8_path, "int8")):
+        if backend not in backends:
+            continue
+        if precision == "bf16" and not bf16_available():
+            out[backend] = "this CPU has no bfloat16 (OpenVINO's OPTIMIZATION_CAPABILITIES)"
+        else:
+            out[backend] = OpenVinoPredictor(path, threads=threads, precision=precision)
     return out
 
 
@@ -117,16 +148,16 @@ def measure(arch: str, queries: int, batch: int, args, folder: Path) -> List[Dic
     if arch == "tiny":
         common["queries_note"] = f"tiny preset has {preset.num_queries} queries: {queries} -> " \
                                  f"{num_queries}"
-    lines = []
-    for backend, run in predictors(args.backends, model, folder, f"{arch}_q{num_queries}",
-                                   batch, args.threads).items():
-        if isinstance(run, str):
-            lines.append({"backend": backend, **common, "skipped": run})
-            continue
-        seconds = timed(lambda run=run: run(inputs), args.warmup, args.runs)
-        lines.append({"backend": backend, **common, "runs": args.runs,
-                      "median_ms": round(1000 * statistics.median(seconds), 1),
-                      "min_ms": round(1000 * min(seconds), 1)})
+    runs = predictors(args.backends, model, folder, f"{arch}_q{num_queries}", batch,
+                      args.threads)
+    lines = [{"backend": b, **common, "skipped": r} for b, r in runs.items() if isinstance(r, str)]
+    timed_backends = [b for b, r in runs.items() if not isinstance(r, str)]
+    times_ms = interleaved_times([lambda r=runs[b]: r(inputs) for b in timed_backends],
+                                 args.runs, args.warmup)
+    for backend, row in zip(timed_backends, times_ms):
+        lines.append({"backend": backend, **common, **latency_record(row / 1000, args.warmup,
+                                                                     args.threads),
+                      "min_ms": round(float(row.min()), 1), "interleaved": timed_backends})
     add_targets(lines, arch, size[0], batch, num_queries)
     return lines
 
@@ -143,6 +174,14 @@ def add_targets(lines: List[Dict], arch: str, size: int, batch: int, queries: in
         speedup = round(ort["median_ms"] / int8["median_ms"], 2)
         int8.update(speedup_vs_ort=speedup, target_speedup=TARGET_INT8_SPEEDUP,
                     meets_target=speedup >= TARGET_INT8_SPEEDUP)
+    for kind, names in (("fp32", FP32), ("int8", INT8)):
+        chosen = [by_backend[n] for n in names if n in by_backend]
+        targets = TARGET_FASTEST_MS.get((arch, size, batch, queries))
+        if chosen and targets:
+            best = min(chosen, key=lambda line: line["median_ms"])
+            lines.append({"fastest": kind, "backend": best["backend"], "arch": arch,
+                          "median_ms": best["median_ms"], "target_ms": targets[kind],
+                          "meets_target": best["median_ms"] <= targets[kind]})
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:

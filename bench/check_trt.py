@@ -15,6 +15,9 @@ within the tolerances and the mean mask IoU is at least 0.9. `fps` is batch / me
 official COCO weights by default (`--weights-l`: a path, a URL, "l" or "random"); tiny has
 random weights (engine and ONNX Runtime run the same model, so any weights do). Without a GPU
 or TensorRT it prints one line saying why and exits 0; exit 1 when a comparison is not `ok`.
+Each line carries the latency protocol of bench/bench_deploy.py (median and IQR, warm-up and
+run counts, machine, library versions) and `trtexec`: the same measurement as a TensorRT 10
+trtexec command (`--memPoolSize=workspace:4096`; TensorRT 10 removed `--workspace`).
 """
 
 import argparse
@@ -29,6 +32,7 @@ import numpy as np
 
 import mrtdetr_lib as mrt
 from mrtdetr_lib.export import tensorrt_available
+from mrtdetr_lib.export.benchmark import machine, versions
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = "input_000000014439_640x640.jpg"
@@ -96,6 +100,14 @@ def compare(trt_out: Dict[str, np.ndarray], ort_out: Dict[str, np.ndarray], top:
     return result
 
 
+def trtexec_command(onnx_path: Path, warmup_ms: int, avg_runs: int) -> str:
+    """trtexec with TensorRT 10's flags: the seed's `--fp16 --avgRuns` plus the 4 GiB
+    workspace of build_trt_engine as `--memPoolSize` (`--workspace` is gone in 10)."""
+    return " ".join(["trtexec", f"--onnx={onnx_path}", "--fp16",
+                     "--memPoolSize=workspace:4096", f"--warmUp={warmup_ms}",
+                     f"--avgRuns={avg_runs}", f"--saveEngine={onnx_path.with_suffix('.engine')}"])
+
+
 def check(arch: str, model, batch: int, args, folder: Path) -> Dict:
     """Export, build, compare and time one (arch, batch) -> one JSON-ready dict."""
     from mrtdetr_lib.data.transforms import preprocess
@@ -114,8 +126,12 @@ def check(arch: str, model, batch: int, args, folder: Path) -> Dict:
             "gpu": settings["gpu"], "compute_capability": settings["compute_capability"],
             "tensorrt": settings["tensorrt"], "fp32_layers": len(settings["fp32_layers"]),
             **result, "avg_runs": args.avg_runs, "mean_ms": round(timing["mean_ms"], 3),
-            "median_ms": round(timing["median_ms"], 3), "fps": round(timing["fps"], 1),
-            "engine": str(engine)}
+            "median_ms": round(timing["median_ms"], 3), "q25_ms": round(timing["q25_ms"], 3),
+            "q75_ms": round(timing["q75_ms"], 3),
+            "iqr_ms": round(timing["q75_ms"] - timing["q25_ms"], 3), "warmup": args.warmup,
+            "runs": args.avg_runs, "fps": round(timing["fps"], 1), "machine": machine(),
+            "versions": versions(), "engine": str(engine),
+            "trtexec": trtexec_command(onnx_path, 200, args.avg_runs)}
 
 
 def main(argv: List[str]) -> int:

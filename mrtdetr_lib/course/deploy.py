@@ -4,7 +4,9 @@
 * Paddle Inference: the exported static program (`export.PaddlePredictor`);
 * ONNX Runtime fp32: the paddle2onnx export (`export.OnnxPredictor`);
 * ONNX Runtime int8: the same ONNX file quantised statically (`export.quantize_onnx`, QDQ,
-  calibrated on training images by `export.calibration_inputs`).
+  calibrated on training images by `export.calibration_inputs`);
+* OpenVINO fp32, bf16 (where the CPU has it) and int8 (`export.OpenVinoPredictor`) on the same
+  two ONNX files.
 
 `build_backends` exports once per batch size and returns a predictor per backend, all with the
 same contract (numpy feeds in, numpy `bbox`/`bbox_num`/`mask` out); `compare_backends` scores
@@ -21,7 +23,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..export import OnnxPredictor, PaddlePredictor, calibration_inputs, export_onnx, quantize_onnx
+from ..export import (
+    OnnxPredictor,
+    OpenVinoPredictor,
+    PaddlePredictor,
+    calibration_inputs,
+    export_onnx,
+    quantize_onnx,
+)
 from ..infer import to_instances
 from .query_study import (
     bootstrap_ap,
@@ -34,39 +43,46 @@ from .query_study import (
 
 PathLike = Union[str, Path]
 Predictor = Callable[[Dict[str, Any]], Dict[str, np.ndarray]]
-BACKENDS = ("eager", "paddle_inference", "ort_fp32", "ort_int8")
+BACKENDS = ("eager", "paddle_inference", "ort_fp32", "ort_int8", "openvino_fp32",
+            "openvino_bf16", "openvino_int8")
 NAMES = {"eager": "paddle eager", "paddle_inference": "Paddle Inference",
-         "ort_fp32": "ONNX Runtime fp32", "ort_int8": "ONNX Runtime int8"}
+         "ort_fp32": "ONNX Runtime fp32", "ort_int8": "ONNX Runtime int8",
+         "openvino_fp32": "OpenVINO fp32", "openvino_bf16": "OpenVINO bf16",
+         "openvino_int8": "OpenVINO int8"}
 
 
 def build_backends(model: Any, out_dir: PathLike, name: str = "model", batch: int = 1,
                    size: Optional[Sequence[int]] = None,
                    calibration_images: Sequence[Any] = (),
-                   backends: Sequence[str] = BACKENDS) -> Tuple[Dict[str, Predictor],
-                                                                Dict[str, Path]]:
+                   backends: Sequence[str] = BACKENDS[:4], threads: int = 0
+                   ) -> Tuple[Dict[str, Predictor], Dict[str, Path]]:
     """({backend: predict(feeds)}, {backend: exported file or folder}) for `batch` images of
-    `size`: one export (Paddle inference model + ONNX), quantised when "ort_int8" is asked for
-    (calibrated on `calibration_images`: paths or RGB arrays). Converter output goes to
-    `<name>_b<batch>.log` in `out_dir`."""
+    `size`: one export (Paddle inference model + ONNX), quantised once when an int8 backend is
+    asked for (calibrated on `calibration_images`: paths or RGB arrays); OpenVINO runs the same
+    two ONNX files. Converter output goes to `<name>_b<batch>.log` in `out_dir`."""
     unknown = set(backends) - set(BACKENDS)
     if unknown:
         raise ValueError(f"unknown backend(s) {sorted(unknown)}; choose from {BACKENDS}")
     out_dir = Path(out_dir)
     # a copy: paddle.jit.to_static turns the layer it traces into the traced program in place
     onnx_path = export_onnx(copy.deepcopy(model), out_dir, name, batch, size)
-    files = {"paddle_inference": out_dir / f"{name}_b{batch}_paddle", "ort_fp32": onnx_path}
+    files = {"paddle_inference": out_dir / f"{name}_b{batch}_paddle", "ort_fp32": onnx_path,
+             "openvino_fp32": onnx_path, "openvino_bf16": onnx_path}
+    if {"ort_int8", "openvino_int8"} & set(backends):
+        files["ort_int8"] = files["openvino_int8"] = quantize_onnx(
+            onnx_path, out_dir / f"{name}_b{batch}_int8.onnx",
+            calibration_inputs(calibration_images, onnx_path))
     predictors: Dict[str, Predictor] = {}
     for backend in backends:
         if backend == "eager":
             predictors[backend] = eager_predictor(model)
         elif backend == "paddle_inference":
-            predictors[backend] = on_batches(PaddlePredictor(files[backend]))
-        elif backend == "ort_fp32":
-            predictors[backend] = on_batches(OnnxPredictor(onnx_path))
+            predictors[backend] = on_batches(PaddlePredictor(files[backend], threads=threads))
+        elif backend.startswith("ort"):
+            predictors[backend] = on_batches(OnnxPredictor(files[backend], threads=threads))
         else:
-            files[backend] = quantize_onnx(onnx_path, out_dir / f"{name}_b{batch}_int8.onnx",
-                                           calibration_inputs(calibration_images, onnx_path))
-            predictors[backend] = on_batches(OnnxPredictor(files[backend]))
+            predictors[backend] = on_batches(OpenVinoPredictor(
+                files[backend], threads=threads, precision=backend.split("_")[1]))
     return predictors, {k: v for k, v in files.items() if k in backends}
 
 

@@ -2,8 +2,13 @@
 
 The path of PaddleDetection's configs/mask_rtdetr/README.md, as functions:
 export_inference -> to_onnx -> bake_inputs (fixed-size engines, e.g. TensorRT) -> simplify.
-`export_onnx` runs them all. Batch > 1 works: each batch size is its own export (the
-post-process resizes every image's masks to that image's size, which a fixed batch unrolls).
+`export_onnx` runs them all. Batch > 1 works two ways: a fixed-batch export per batch size (the
+post-process resizes every image's masks to that image's size, which a fixed batch unrolls), or
+one `dynamic_batch=True` file for every batch size, whose im_shape/scale_factor are baked in
+(every image the eval size: one resize over all masks, no loop).
+
+Outputs (every export): bbox [N, 6] float32 (label, score, x1, y1, x2, y2 in original pixels),
+bbox_num [B] int32 (N = B * num_top_queries), mask [N, H0, W0] int32 0/1.
 """
 
 import contextlib
@@ -15,9 +20,12 @@ from typing import Dict, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from .paddle import OUTPUTS, export_inference
+from .paddle import OUTPUTS, check_image, export_inference, staged
 
 PathLike = Union[str, Path]
+# paddle2onnx 2.1 writes opset 16 for any lower request (this model needs 16's GridSample...);
+# these are the ones it writes as asked and ONNX Runtime runs, checked on the tiny model
+OPSETS = (16, 17)
 
 
 @contextlib.contextmanager
@@ -43,10 +51,15 @@ def converter_log(path: PathLike) -> Iterator[None]:
 
 def to_onnx(model_dir: PathLike, onnx_path: PathLike, opset: int = 16) -> Path:
     """paddle2onnx on `model_dir/model.json`; outputs renamed to bbox, bbox_num, mask. What the
-    converter prints (paddle2onnx, polygraphy's folding) goes to `<onnx_path>.log`."""
+    converter prints (paddle2onnx, polygraphy's folding) goes to `<onnx_path>.log`. `opset`: one
+    of OPSETS (paddle2onnx would silently write another)."""
     import onnx
     import paddle2onnx
 
+    if opset not in OPSETS:
+        choices = " or ".join(map(str, OPSETS))
+        raise ValueError(f"opset {opset}: this model exports at opset {choices} "
+                         f"(paddle2onnx 2.1 would silently write another)")
     model_dir, onnx_path = Path(model_dir), Path(onnx_path)
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
     # POLYGRAPHY_AUTOINSTALL_DEPS=0 (mrtdetr_lib.setup): its dependencies are pinned instead
@@ -54,6 +67,9 @@ def to_onnx(model_dir: PathLike, onnx_path: PathLike, opset: int = 16) -> Path:
         paddle2onnx.export(str(model_dir / "model.json"), str(model_dir / "model.pdiparams"),
                            str(onnx_path), opset_version=opset, verbose=False)
     model = onnx.load(str(onnx_path))
+    written = opset_of(model)
+    if written != opset:
+        raise RuntimeError(f"paddle2onnx wrote opset {written} into {onnx_path}, not {opset}")
     renames = {out.name: new for out, new in zip(model.graph.output, OUTPUTS)}
     for node in model.graph.node:
         node.output[:] = [renames.get(name, name) for name in node.output]
@@ -64,6 +80,11 @@ def to_onnx(model_dir: PathLike, onnx_path: PathLike, opset: int = 16) -> Path:
         out.name = renames[out.name]
     onnx.save(model, str(onnx_path))
     return onnx_path
+
+
+def opset_of(model) -> int:
+    """The default-domain opset of an onnx.ModelProto."""
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def bake_inputs(onnx_path: PathLike, out_path: PathLike,
@@ -100,17 +121,50 @@ def simplify(onnx_path: PathLike, out_path: PathLike) -> Path:
 
 def export_onnx(model, out_dir: PathLike, name: str = "model", batch: int = 1,
                 size: Optional[Sequence[int]] = None, bake: bool = False,
-                run_simplify: bool = True) -> Path:
-    """Eager model -> `out_dir/name_b{batch}.onnx` (opset 16, simplified). `bake=True` fixes
-    im_shape = size and scale_factor = 1 (the seed's trt=True engine input)."""
-    out_dir = Path(out_dir)
-    size = size or model.transformer.eval_size
-    inference_dir = export_inference(model, out_dir / f"{name}_b{batch}_paddle", batch, size)
-    path = to_onnx(inference_dir, out_dir / f"{name}_b{batch}.onnx")
-    if bake:
-        path = bake_inputs(path, path, {"im_shape": [list(map(float, size))] * batch,
-                                        "scale_factor": [[1.0, 1.0]] * batch})
-    return simplify(path, path) if run_simplify else path
+                run_simplify: bool = True, dynamic_batch: bool = False) -> Path:
+    """Eager model -> `out_dir/name_b{batch}.onnx` (opset 16, simplified) and the Paddle model
+    `name_b{batch}_paddle/`. `bake=True` fixes im_shape = size and scale_factor = 1 (the seed's
+    trt=True engine input). `dynamic_batch=True` -> `name_bN.onnx`: one file for every batch
+    size, baked (so `batch` and `bake` are ignored). Written whole or not at all (`staged`)."""
+    size = list(size or model.transformer.eval_size)
+    stem = f"{name}_bN" if dynamic_batch else f"{name}_b{batch}"
+    with staged(Path(out_dir) / f"{stem}.onnx") as stage:
+        inference_dir = export_inference(model, stage / f"{stem}_paddle",
+                                         None if dynamic_batch else batch, size)
+        path = to_onnx(inference_dir, stage / f"{stem}.onnx")
+        if bake and not dynamic_batch:  # a dynamic-batch program computes them itself
+            path = bake_inputs(path, path, {"im_shape": [list(map(float, size))] * batch,
+                                            "scale_factor": [[1.0, 1.0]] * batch})
+        if run_simplify:
+            simplify(path, path)
+        if dynamic_batch:
+            name_batch_axis(path)
+        check_onnx(path)
+    return Path(out_dir) / f"{stem}.onnx"
+
+
+def name_batch_axis(onnx_path: PathLike) -> None:
+    """Call the image's first axis `batch` (paddle2onnx and onnxsim leave it unnamed or `-1`):
+    what runtimes and TensorRT profiles show; refuse a file where it is not symbolic."""
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    axis = model.graph.input[0].type.tensor_type.shape.dim[0]
+    if axis.dim_value > 0:
+        raise RuntimeError(f"{onnx_path}: the batch axis became fixed ({axis.dim_value})")
+    axis.dim_param = "batch"
+    onnx.save(model, str(onnx_path))
+
+
+def check_onnx(onnx_path: PathLike) -> None:
+    """Refuse an ONNX file that does not load and check whole (what a full disk leaves)."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(onnx.load(str(onnx_path)))
+    except Exception as err:  # protobuf's DecodeError, onnx's ValidationError, OSError
+        raise OSError(f"export failed: {onnx_path} is not a whole ONNX model ({err}); the "
+                      f"earlier export is left as it was") from err
 
 
 class OnnxPredictor:
@@ -133,7 +187,8 @@ class OnnxPredictor:
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def __call__(self, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        """inputs: image [B, 3, H, W] (+ im_shape, scale_factor unless baked), numpy float32."""
+        """inputs: image [B, 3, H, W] float32 in 0..1 (+ im_shape, scale_factor unless baked)."""
+        check_image(inputs["image"])
         feeds = {n: np.ascontiguousarray(inputs[n], dtype="float32") for n in self.input_names}
         outputs = self.session.run(list(OUTPUTS), feeds)
         return dict(zip(OUTPUTS, outputs))

@@ -3,13 +3,21 @@
 `paddle.jit.to_static` traces MaskRTDETR (post-process included) for fixed input shapes and
 `paddle.jit.save` writes `model.json` (a PIR program, paddle >= 3) + `model.pdiparams`, what
 PaddleDetection's `tools/export_model.py` produces. The batch size is fixed at export: the
-post-process resizes each image's masks to its own size, which a fixed batch keeps loop-free.
+post-process resizes each image's masks to its own size, which a fixed batch keeps loop-free;
+`batch=None` leaves it symbolic for images of one size (`DETRPostProcess.same_size`).
+
+Exports are written into a hidden staging folder next to their place, checked, then moved
+into place (`staged`): a full disk or a kill leaves the earlier export whole. The check is
+needed: `paddle.jit.save` writes a truncated `model.pdiparams` on a full disk without an error.
 """
 
+import contextlib
 import copy
+import json
 import os
+import shutil
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import paddle
@@ -18,28 +26,107 @@ from paddle.static import InputSpec
 OUTPUTS = ("bbox", "bbox_num", "mask")
 
 
-def input_spec(batch: int, size: Sequence[int]) -> list:
-    """The model's inputs for tracing: image [B, 3, H, W], im_shape [B, 2], scale_factor [B, 2]."""
+def input_spec(batch: Optional[int], size: Sequence[int]) -> list:
+    """The model's inputs for tracing: image [B, 3, H, W], im_shape [B, 2], scale_factor [B, 2];
+    batch None: image [batch, 3, H, W] alone (`EvalSizeInputs`)."""
+    if batch is None:
+        return [{"image": InputSpec([None, 3, *size], "float32", "image")}]
     return [{"image": InputSpec([batch, 3, *size], "float32", "image"),
              "im_shape": InputSpec([batch, 2], "float32", "im_shape"),
              "scale_factor": InputSpec([batch, 2], "float32", "scale_factor")}]
 
 
-def export_inference(model: paddle.nn.Layer, out_dir: Union[str, Path], batch: int = 1,
+class EvalSizeInputs(paddle.nn.Layer):
+    """The model fed only images: im_shape = `size` and scale_factor = 1 for each (every image
+    already the eval size), computed inside the program so the batch axis stays symbolic."""
+
+    def __init__(self, model: paddle.nn.Layer, size: Sequence[int]):
+        super().__init__()
+        self.model, self.size = model, [float(s) for s in size]
+        self.model.post_process.same_size = tuple(size)  # one resize for the whole batch
+
+    def forward(self, inputs: Dict[str, paddle.Tensor]) -> Dict[str, paddle.Tensor]:
+        """inputs: image [B, 3, H, W] -> the model's eval outputs."""
+        image = inputs["image"]
+        zeros = paddle.zeros_like(image[:, 0, 0, :2])  # [B, 2]: B from the image, no Expand
+        im_shape = zeros + paddle.to_tensor([self.size], dtype="float32")
+        return self.model({"image": image, "im_shape": im_shape, "scale_factor": zeros + 1})
+
+
+@contextlib.contextmanager
+def staged(target: Union[str, Path]) -> Iterator[Path]:
+    """Yield an empty hidden folder beside `target` (a file or folder); when the block ends
+    without error, move each entry of it into target's folder (replacing what is there), else
+    delete it. The old export stays whole until its replacement is complete and checked."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    stage = target.parent / f".{target.name}.staging"
+    shutil.rmtree(stage, ignore_errors=True)  # a stale one from a kill
+    stage.mkdir()
+    try:
+        yield stage
+        for entry in sorted(stage.iterdir()):
+            _move_into_place(entry, target.parent / entry.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _move_into_place(source: Path, destination: Path) -> None:
+    """os.replace for a file; a folder swaps with the old one, which is deleted after."""
+    if not (source.is_dir() and destination.is_dir()):
+        os.replace(source, destination)
+        return
+    old = destination.with_name(f".{destination.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(destination, old)
+    os.replace(source, destination)
+    shutil.rmtree(old)
+
+
+def check_inference_model(model_dir: Path, model: paddle.nn.Layer) -> None:
+    """Refuse a model folder whose model.json does not parse or whose model.pdiparams is
+    smaller than the model's parameters and buffers (what a full disk leaves)."""
+    try:
+        json.loads((model_dir / "model.json").read_text())
+    except (OSError, ValueError) as err:
+        raise OSError(f"export failed: {model_dir / 'model.json'} is unreadable ({err})") from err
+    needed = sum(t.numel().item() * t.element_size() for t in model.state_dict().values())
+    params = model_dir / "model.pdiparams"
+    written = params.stat().st_size if params.is_file() else 0
+    if written < needed:
+        raise OSError(f"export failed: {params} holds {written} bytes, the weights need at "
+                      f"least {needed} (disk full?); the earlier export is left as it was")
+
+
+def export_inference(model: paddle.nn.Layer, out_dir: Union[str, Path], batch: Optional[int] = 1,
                      size: Optional[Sequence[int]] = None) -> Path:
     """Trace `model` (eval mode) for `batch` images of `size` (default: its eval_size) and save
-    `out_dir/model.json` + `model.pdiparams`; returns out_dir."""
+    `out_dir/model.json` + `model.pdiparams`; returns out_dir. `batch=None`: any batch size of
+    images that share one original size (the post-process resizes them all at once)."""
     size = size or model.transformer.eval_size
     if size is None:
         raise ValueError("give size=(h, w): the model was built with eval_size=None")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     model.eval()
     # to_static replaces the layer's forward in place: trace a copy, so `model` stays eager
     traced = copy.deepcopy(model)
+    if batch is None:
+        traced = EvalSizeInputs(traced, size)
     static = paddle.jit.to_static(traced, input_spec=input_spec(batch, size), full_graph=True)
-    paddle.jit.save(static, str(out_dir / "model"))
+    with staged(out_dir) as stage:
+        paddle.jit.save(static, str(stage / out_dir.name / "model"))
+        check_inference_model(stage / out_dir.name, model)
     return out_dir
+
+
+def check_image(image: np.ndarray) -> None:
+    """Refuse what is not the model's float 0..1 image (e.g. uint8 0..255, which would run)."""
+    if not np.issubdtype(np.asarray(image).dtype, np.floating):
+        raise ValueError(f"image has dtype {np.asarray(image).dtype}: the model takes float32 "
+                         f"in 0..1 (RGB / 255, e.g. data.preprocess)")
+    if image.size and float(np.max(image)) > 1.0 + 1e-3:
+        raise ValueError(f"image values reach {float(np.max(image)):.1f}: the model takes "
+                         f"float32 in 0..1 (divide 0..255 images by 255, e.g. data.preprocess)")
 
 
 class PaddlePredictor:
@@ -72,10 +159,13 @@ class PaddlePredictor:
             config.set_cpu_math_library_num_threads(threads or os.cpu_count() or 1)
         config.disable_glog_info()
         self.predictor = pi.create_predictor(config)
+        self.input_names = self.predictor.get_input_names()
 
     def __call__(self, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        """inputs: image [B, 3, H, W], im_shape [B, 2], scale_factor [B, 2] (numpy float32)."""
-        for name in self.predictor.get_input_names():
+        """inputs: image [B, 3, H, W], im_shape [B, 2], scale_factor [B, 2] (numpy float32; the
+        image alone for a dynamic-batch export)."""
+        check_image(inputs["image"])
+        for name in self.input_names:
             self.predictor.get_input_handle(name).copy_from_cpu(
                 np.ascontiguousarray(inputs[name], dtype="float32"))
         self.predictor.run()

@@ -6,6 +6,9 @@ cached file's name carries a hash of the ONNX file and of every build setting (`
 Device buffers are paddle GPU tensors (paddlepaddle-gpu is what GPU users install), so no
 pycuda is needed. Needs a GPU with `tensorrt` installed (environment-gpu.yml); imported lazily.
 
+A dynamic-batch export (`export_onnx(..., dynamic_batch=True)`, image [batch, 3, H, W]) gets an
+optimisation profile: TensorRT tunes its kernels for `opt` images and accepts min..max.
+
 Supported versions: TensorRT 10.x (environment-gpu.yml pins tensorrt-cu12 10.13.3.9). The FP16
 build is a weakly typed network: `BuilderFlag.FP16` plus per-layer FP32 precision under
 `OBEY_PRECISION_CONSTRAINTS`. TensorRT 10.12 deprecated all three in favour of strongly typed
@@ -20,7 +23,7 @@ import logging
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -30,6 +33,7 @@ from .paddle import OUTPUTS
 PathLike = Union[str, Path]
 LOGGER = logging.getLogger(__name__)
 SUPPORTED_MAJOR = 10
+PROFILE = (1, 1, 8)  # min, opt, max batch of a dynamic-batch engine: tuned for latency (1)
 BAKE_HINT = ("bake im_shape/scale_factor in: export_onnx(model, out_dir, name, batch=B, "
              "bake=True), or `python -m mrtdetr_lib export -c CONFIG -o trt=True`")
 
@@ -49,11 +53,13 @@ def tensorrt_available() -> Optional[str]:
     return None
 
 
-def check_baked(onnx_path: PathLike) -> None:
-    """Refuse an ONNX file with inputs besides `image` or an output of unknown size.
+def check_baked(onnx_path: PathLike) -> bool:
+    """Refuse an ONNX file with inputs besides `image` or an output of unknown size besides
+    the batch axis; True when that axis is symbolic (a dynamic-batch export).
 
     Unbaked, im_shape/scale_factor are inputs and the mask output is [k, ?, ?] (its size is the
-    original image size, computed at run time); the engines here are built for fixed shapes.
+    original image size, computed at run time); the engines here are built for fixed shapes
+    (or, along the batch axis only, for an optimisation profile).
     """
     import onnx
 
@@ -61,11 +67,27 @@ def check_baked(onnx_path: PathLike) -> None:
     inputs = [i.name for i in graph.input]
     dynamic = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim]
                for o in graph.output
-               if any(d.dim_param or d.dim_value <= 0 for d in o.type.tensor_type.shape.dim)}
+               if any(d.dim_param or d.dim_value <= 0 for d in o.type.tensor_type.shape.dim[1:])}
     if inputs != ["image"] or dynamic:
         raise ValueError(f"{onnx_path} is not a baked export (inputs {inputs}, outputs of "
                          f"dynamic shape {dynamic}): TensorRT engines here have fixed shapes; "
                          f"{BAKE_HINT}")
+    batch = graph.input[0].type.tensor_type.shape.dim[0]
+    return bool(batch.dim_param) or batch.dim_value <= 0
+
+
+def add_profile(builder, network, config, batches: Sequence[int]) -> Tuple[List[int], ...]:
+    """An optimisation profile for the image's batch axis: (min, opt, max) batch sizes ->
+    the three image shapes set on it."""
+    low, opt, high = batches
+    if not 1 <= low <= opt <= high:
+        raise ValueError(f"profile batches {tuple(batches)}: need 1 <= min <= opt <= max")
+    image = network.get_input(0)
+    shapes = tuple([b, *image.shape[1:]] for b in (low, opt, high))
+    profile = builder.create_optimization_profile()
+    profile.set_shape(image.name, *shapes)
+    config.add_optimization_profile(profile)
+    return shapes
 
 
 def _import_tensorrt():
@@ -154,15 +176,17 @@ def _parse(onnx_path: PathLike, trt, logger):
 
 
 def build_trt_engine(onnx_path: PathLike, fp16: bool = True, workspace_gb: float = 4.0,
-                     cache_dir: Optional[PathLike] = None, keep_fp32: bool = True) -> Path:
+                     cache_dir: Optional[PathLike] = None, keep_fp32: bool = True,
+                     profile: Sequence[int] = PROFILE) -> Path:
     """Parse the baked ONNX, build a (FP16) engine and serialise it next to it with its settings
     (`.json`); reuse a cached engine built with the same settings.
 
     The ONNX must have static shapes: export with a fixed batch and `bake=True` (simplified),
-    as the seed's trtexec command expects. The network is parsed even on a cache hit: the FP32
-    layer list is part of the cache key.
+    as the seed's trtexec command expects, or `dynamic_batch=True`, which gets `profile`
+    (min, opt, max batch). The network is parsed even on a cache hit: the FP32 layer list is
+    part of the cache key.
     """
-    check_baked(onnx_path)
+    dynamic = check_baked(onnx_path)
     trt = _import_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder, network, _parser = _parse(onnx_path, trt, logger)  # the parser owns the weights
@@ -171,11 +195,15 @@ def build_trt_engine(onnx_path: PathLike, fp16: bool = True, workspace_gb: float
     workspace = int(workspace_gb * (1 << 30))
     settings = {**gpu_identity(), "tensorrt": trt.__version__, "flags": flags,
                 "fp32_layers": [layer.name for layer in kept], "workspace_bytes": workspace}
+    if dynamic:
+        settings["profile_batches"] = list(profile)
     path = engine_path(onnx_path, settings, cache_dir)
     if path.is_file():
         return path
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
+    if dynamic:
+        add_profile(builder, network, config, profile)
     for flag in flags:  # deprecated since 10.12 (weak typing), still honoured in 10.x
         config.set_flag(getattr(trt.BuilderFlag, flag))
     for layer in kept:
@@ -223,19 +251,32 @@ class TrtPredictor:
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.input_names = [n for n in names
                             if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.output_names = [n for n in names if n not in self.input_names]
         self.shapes = {n: list(self.engine.get_tensor_shape(n)) for n in names}
         self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
-        self.buffers = {n: paddle.zeros(self.shapes[n], dtype=self.dtypes[n].name).cuda()
-                        for n in names if n not in self.input_names}  # outputs, allocated once
+        self.buffers: Dict = {}
+        if -1 not in self.shapes[self.input_names[0]]:
+            self._allocate_outputs()  # fixed shapes: once
+
+    def _allocate_outputs(self) -> None:
+        """Output buffers of the shapes the context reports for its current input shapes."""
+        for name in self.output_names:
+            shape = list(self.context.get_tensor_shape(name))
+            self.buffers[name] = self._paddle.zeros(shape, dtype=self.dtypes[name].name).cuda()
 
     def __call__(self, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         """inputs: image [B, 3, H, W] numpy float32, of the shape the engine was built for."""
         paddle = self._paddle
         for name in self.input_names:
             array = np.ascontiguousarray(inputs[name], dtype=self.dtypes[name])
-            if list(array.shape) != self.shapes[name]:
-                raise ValueError(f"{name}: the engine was built for shape {self.shapes[name]}, "
-                                 f"got {list(array.shape)}; export and build one per shape")
+            expected = self.shapes[name]
+            if any(e not in (-1, a) for e, a in zip(expected, array.shape)) \
+                    or len(expected) != array.ndim:
+                raise ValueError(f"{name}: the engine was built for shape {expected} (-1: any "
+                                 f"batch in its profile), got {list(array.shape)}")
+            if -1 in expected and list(self.context.get_tensor_shape(name)) != list(array.shape):
+                self.context.set_input_shape(name, array.shape)  # a dynamic-batch engine
+                self._allocate_outputs()
             self.buffers[name] = paddle.to_tensor(array, place=paddle.CUDAPlace(0))
         # every call: a new input tensor (or a copy_ that reallocated one) has a new address
         for name, tensor in self.buffers.items():
@@ -249,7 +290,8 @@ class TrtPredictor:
     def benchmark(self, inputs: Dict[str, np.ndarray], warmup: int = 50,
                   avg_runs: int = 1000) -> Dict[str, float]:
         """trtexec-style timing: GPU compute only (inputs stay on the device) over avg_runs;
-        fps from the mean latency times the batch, as trtexec's throughput."""
+        fps from the mean latency times the batch, as trtexec's throughput; the quartiles
+        and the run counts for the latency protocol."""
         self(inputs)  # sets the addresses the timed runs reuse
         stream = self._paddle.device.cuda.current_stream()
         for _ in range(warmup):
@@ -263,5 +305,8 @@ class TrtPredictor:
             stream.synchronize()
             times.append((time.perf_counter() - start) * 1000)
         mean = float(np.mean(times))
-        return {"median_ms": float(np.median(times)), "mean_ms": mean,
-                "fps": 1000.0 / mean * self.shapes[self.input_names[0]][0]}
+        q25, q75 = np.percentile(times, [25, 75])
+        batch = len(inputs[self.input_names[0]])
+        return {"median_ms": float(np.median(times)), "mean_ms": mean, "q25_ms": float(q25),
+                "q75_ms": float(q75), "warmup": warmup, "runs": avg_runs,
+                "fps": 1000.0 / mean * batch}

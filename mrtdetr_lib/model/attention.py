@@ -23,8 +23,9 @@ def deformable_attention_core_func(value: paddle.Tensor, spatial_shapes: Sequenc
                                    sampling_locations: paddle.Tensor,
                                    attention_weights: paddle.Tensor) -> paddle.Tensor:
     """Sample and mix: value [B, S, heads, c], locations [B, Q, heads, L, P, 2] in 0..1 (x, y),
-    weights [B, Q, heads, L, P] -> [B, Q, heads*c]."""
-    batch, _, num_heads, head_dim = value.shape
+    weights [B, Q, heads, L, P] -> [B, Q, heads*c]. B is left to reshape (-1): it may be
+    symbolic in an export, where B * heads would not be a size."""
+    _, _, num_heads, head_dim = value.shape
     _, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
     value_list = value.split([h * w for h, w in spatial_shapes], axis=1)
     grids = 2 * sampling_locations - 1  # grid_sample wants -1..1
@@ -32,20 +33,23 @@ def deformable_attention_core_func(value: paddle.Tensor, spatial_shapes: Sequenc
     for level, (h, w) in enumerate(spatial_shapes):
         # [B, h*w, heads, c] -> [B*heads, c, h, w]: every head samples its own slice of channels
         value_l = value_list[level].flatten(2).transpose([0, 2, 1]).reshape(
-            [batch * num_heads, head_dim, h, w])
+            [-1, head_dim, h, w])
         # [B, Q, heads, P, 2] -> [B*heads, Q*P, 1, 2]: one column of points (the same numbers
         # as a [Q, P] grid, and paddle's CPU kernel is twice as fast on it)
         grid_l = grids[:, :, :, level].transpose([0, 2, 1, 3, 4]).reshape(
-            [batch * num_heads, num_queries * num_points, 1, 2])
+            [-1, num_queries * num_points, 1, 2])
         # align_corners=False + zeros padding: a point outside the map contributes nothing
         sampled.append(F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros",
                                      align_corners=False).reshape(
-            [batch * num_heads, head_dim, num_queries, num_points]))
+            [-1, head_dim, num_queries, num_points]))
     # [B, Q, heads, L, P] -> [B*heads, 1, Q, L*P]
     weights = attention_weights.transpose([0, 2, 1, 3, 4]).reshape(
-        [batch * num_heads, 1, num_queries, num_levels * num_points])
-    out = (paddle.stack(sampled, axis=-2).flatten(-2) * weights).sum(-1)  # [B*heads, c, Q]
-    return out.reshape([batch, num_heads * head_dim, num_queries]).transpose([0, 2, 1])
+        [-1, 1, num_queries, num_levels * num_points])
+    # reshape with 0s, not flatten(-2): paddle2onnx writes flatten's shape as numbers, and a
+    # symbolic B*heads came out as -4
+    stacked = paddle.stack(sampled, axis=-2).reshape([0, 0, 0, -1])  # [B*heads, c, Q, L*P]
+    out = (stacked * weights).sum(-1)  # [B*heads, c, Q]
+    return out.reshape([-1, num_heads * head_dim, num_queries]).transpose([0, 2, 1])
 
 
 class PPMSDeformableAttention(nn.Layer):
@@ -88,14 +92,14 @@ class PPMSDeformableAttention(nn.Layer):
                 spatial_shapes: List[Tuple[int, int]]) -> paddle.Tensor:
         """query [B, Q, D], reference_boxes [B, Q, 4] (cx, cy, w, h in 0..1), value [B, S, D]
         (levels flattened h-major, S = sum h*w of `spatial_shapes`) -> [B, Q, D]."""
-        batch, num_queries = query.shape[:2]
+        num_queries = query.shape[1]  # B stays 0 (copied) or -1: symbolic in an export
         heads, levels, points = self.num_heads, self.num_levels, self.num_points
-        value = self.value_proj(value).reshape([batch, -1, heads, self.head_dim])
+        value = self.value_proj(value).reshape([0, -1, heads, self.head_dim])
         offsets = self.sampling_offsets(query).reshape(
-            [batch, num_queries, heads, levels, points, 2])
+            [-1, num_queries, heads, levels, points, 2])
         weights = self.attention_weights(query).reshape(
-            [batch, num_queries, heads, levels * points])
-        weights = F.softmax(weights).reshape([batch, num_queries, heads, levels, points])
+            [-1, num_queries, heads, levels * points])
+        weights = F.softmax(weights).reshape([-1, num_queries, heads, levels, points])
         # offsets are in units of half the box size / num_points (ppdet's 4-d reference path)
         boxes = reference_boxes[:, :, None, None, None, :]  # [B, Q, 1, 1, 1, 4]
         locations = boxes[..., :2] + offsets / points * boxes[..., 2:] * 0.5

@@ -29,7 +29,8 @@ def inverse_sigmoid(x: paddle.Tensor, eps: float = 1e-5) -> paddle.Tensor:
 
 def _extent(filled: paddle.Tensor) -> Tuple[paddle.Tensor, paddle.Tensor]:
     """filled [..., n] 0/1 -> (first index with a 1, last index + 1); no 1 gives (1e8, 1)."""
-    index = paddle.arange(filled.shape[-1], dtype="float32").expand_as(filled)
+    # a broadcast, not expand_as: an export may have a symbolic batch (ONNX Expand takes no -1)
+    index = paddle.arange(filled.shape[-1], dtype="float32") + paddle.zeros_like(filled)
     last = (index * filled).max(-1) + 1
     first = paddle.where(filled > 0, index, paddle.full_like(filled, 1e8)).min(-1)
     return first, last

@@ -222,8 +222,10 @@ class MaskRTDETRTransformer(nn.Layer):
         """Top num_queries tokens by best class logit -> (index [B, Q] into S, content
         [B, Q, D] the queries' content, ref_unact [B, Q, 4] their box logits)."""
         _, index = paddle.topk(logits.max(-1), self.num_queries, axis=1)
-        batch = paddle.arange(output_memory.shape[0]).astype(index.dtype)
-        batch_index = paddle.stack([batch.unsqueeze(-1).expand_as(index), index], -1)  # [B,Q,2]
+        # paddle.shape and a broadcast (not .shape[0], expand_as): the batch axis may be
+        # symbolic in an export (ONNX Expand takes no -1)
+        batch = paddle.arange(paddle.shape(index)[0]).astype(index.dtype).unsqueeze(-1)
+        batch_index = paddle.stack([batch + paddle.zeros_like(index), index], -1)  # [B,Q,2]
         return (index, paddle.gather_nd(output_memory, batch_index),
                 paddle.gather_nd(boxes_unact, batch_index))
 

@@ -9,7 +9,7 @@ use_focal_loss=True, with_mask=True, bbox_decode_type='origin'.
 """
 
 import math
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import paddle
 import paddle.nn as nn
@@ -33,6 +33,9 @@ class DETRPostProcess(nn.Layer):
         self.mask_threshold = mask_threshold
         # sigmoid(x) > t  <=>  x > log(t / (1 - t)): threshold the logits, skip 40M sigmoids
         self.logit_threshold = math.log(mask_threshold / (1 - mask_threshold))
+        # (h, w), set by a dynamic-batch export (im_shape/scale_factor baked in): every image's
+        # original size, so one resize to a known size serves any batch size
+        self.same_size: Optional[Tuple[int, int]] = None
 
     def resize_masks(self, masks: paddle.Tensor, origin_shape: paddle.Tensor) -> paddle.Tensor:
         """masks [B, k, h, w] logits, origin_shape [B, 2] (h, w) -> [B*k, H0max, W0max] 0/1
@@ -41,12 +44,15 @@ class DETRPostProcess(nn.Layer):
         Each image's masks are resized to its own original size. When the sizes differ, every
         image's masks sit in the top-left corner of one [max h, max w] canvas, zeros around
         them (PaddleDetection's MaskPostProcess layout, padded with 0 instead of -1); crop
-        `mask[i, :h0, :w0]` to get them back. Loops over the (static) batch size.
+        `mask[i, :h0, :w0]` to get them back. Loops over the (static) batch size; with
+        `same_size` (a dynamic-batch export) one resize serves the whole batch instead.
         The canvas is built by concatenating zeros, not with `F.pad`: paddle2onnx 2.1 reads
         paddle 3.3's pad value (a double attribute) as a float, so the exported Pad filled
         the canvas with whatever bytes lay in memory (issue 15).
         """
         size = origin_shape.astype("int32")  # [B, 2]
+        if self.same_size:
+            return self._resize_same_size(masks)
         batch = masks.shape[0]
         out = []
         for i in range(batch):
@@ -59,6 +65,16 @@ class DETRPostProcess(nn.Layer):
             out.append(binary)
         masks = out[0] if batch == 1 else paddle.concat(out)  # [B*k, H0, W0]
         return masks.astype("int32")
+
+    def _resize_same_size(self, masks: paddle.Tensor) -> paddle.Tensor:
+        """masks [B, k, h, w] logits, all to `same_size` -> [B*k, H0, W0]: no loop over the
+        batch, so B stays symbolic in an export (and no padding: there is nothing to pad)."""
+        height, width = self.same_size
+        resized = F.interpolate(masks, size=[height, width], mode="bilinear",
+                                align_corners=False).reshape([-1, height, width])
+        if self.return_probs:
+            return F.sigmoid(resized)
+        return (resized > self.logit_threshold).astype("int32")
 
     def split_index(self, index: paddle.Tensor,
                     num_queries: int) -> Tuple[paddle.Tensor, paddle.Tensor]:
@@ -87,10 +103,13 @@ class DETRPostProcess(nn.Layer):
         scale = origin_shape.flip([1]).tile([1, 2]).unsqueeze(1)  # [B, 1, 4] = (w, h, w, h)
         boxes_xyxy_px = box_cxcywh_to_xyxy(boxes) * scale
 
-        scores, index = paddle.topk(F.sigmoid(logits).flatten(1), self.num_top_queries, axis=-1)
+        # reshape([0, -1]), not flatten(1): one unknown size for a symbolic batch in an export
+        scores, index = paddle.topk(F.sigmoid(logits).reshape([0, -1]), self.num_top_queries,
+                                    axis=-1)
         query_index, labels = self.split_index(index, logits.shape[1])  # [B, k] each
-        batch = paddle.arange(boxes.shape[0]).astype(index.dtype)
-        query = paddle.stack([batch.unsqueeze(-1).expand_as(index), query_index],
+        # a symbolic batch axis survives paddle.shape and a broadcast, not .shape[0], expand_as
+        batch = paddle.arange(paddle.shape(index)[0]).astype(index.dtype).unsqueeze(-1)
+        query = paddle.stack([batch + paddle.zeros_like(index), query_index],
                              -1)  # [B, k, 2] = (image, query)
         boxes_xyxy_px = paddle.gather_nd(boxes_xyxy_px, query)  # [B, k, 4]
         masks = paddle.gather_nd(masks, query)  # [B, k, h, w]

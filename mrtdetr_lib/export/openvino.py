@@ -1,0 +1,72 @@
+"""OpenVINO on CPU: the ONNX export run by Intel's runtime, fp32, bf16 or int8.
+
+OpenVINO reads the ONNX file itself (no conversion step, no IR files on disk) and compiles it
+for the CPU with the LATENCY hint (one stream: all threads on one request, batch 1). Precision:
+* fp32: `INFERENCE_PRECISION_HINT=f32`, OpenVINO's own kernels (oneDNN), no accuracy change;
+* bf16: where the CPU reports BF16 in OPTIMIZATION_CAPABILITIES (AVX512_BF16 or AMX), matmuls
+  and convolutions in bfloat16 (8 bits of mantissa: boxes move by a few tenths of a pixel);
+* int8: the QDQ file `quantize.quantize_onnx` writes for ONNX Runtime; OpenVINO turns each
+  QuantizeLinear/DequantizeLinear pair around a Conv into an int8 convolution (its low
+  precision transformations), so one calibrated file serves both runtimes.
+Same contract as the other predictors: `predictor(inputs)` -> {bbox, bbox_num, mask} (numpy).
+"""
+
+import os
+from pathlib import Path
+from typing import Dict, List, Union
+
+import numpy as np
+
+from .paddle import OUTPUTS, check_image
+
+PathLike = Union[str, Path]
+PRECISIONS = ("fp32", "bf16", "int8")
+
+
+def cpu_capabilities() -> List[str]:
+    """The CPU plugin's OPTIMIZATION_CAPABILITIES, e.g. ['FP32', 'INT8', 'BF16', ...]."""
+    import openvino as ov
+
+    return list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+def bf16_available() -> bool:
+    """True when this CPU computes in bfloat16 natively (OpenVINO reports BF16)."""
+    return "BF16" in cpu_capabilities()
+
+
+class OpenVinoPredictor:
+    """OpenVINO CPU on an ONNX export: `predictor(inputs)` -> {bbox, bbox_num, mask}.
+
+    `precision`: "fp32", "bf16" (refused where the CPU lacks it) or "int8" (give the QDQ file
+    of `quantize_onnx`; computed as int8 where the file says so, fp32 elsewhere).
+    """
+
+    def __init__(self, onnx_path: PathLike, threads: int = 0, precision: str = "fp32"):
+        import openvino as ov
+
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r}: choose from {PRECISIONS}")
+        if not Path(onnx_path).is_file():
+            raise FileNotFoundError(f"ONNX model not found: {onnx_path}")
+        core = ov.Core()
+        if precision == "bf16" and "BF16" not in cpu_capabilities():
+            raise RuntimeError(f"precision='bf16': this CPU has no bfloat16 support "
+                               f"(OpenVINO reports {cpu_capabilities()}); use 'fp32'")
+        # f32 spelt out: on AMX/AVX512_BF16 CPUs OpenVINO's default would be bf16
+        config = {"INFERENCE_NUM_THREADS": threads or os.cpu_count() or 1,
+                  "PERFORMANCE_HINT": "LATENCY",
+                  "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
+        self.precision = precision
+        self.compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.input_names = [i.get_any_name() for i in self.compiled.inputs]
+        self.batch = self.compiled.inputs[0].get_partial_shape()[0]
+
+    def __call__(self, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """inputs: image [B, 3, H, W] float32 in 0..1 (+ im_shape, scale_factor unless baked)."""
+        check_image(inputs["image"])
+        feeds = {n: np.ascontiguousarray(inputs[n], dtype="float32") for n in self.input_names}
+        results = self.request.infer(feeds)
+        # copies: the request reuses its output buffers on the next call
+        return {name: np.array(results[self.compiled.output(name)]) for name in OUTPUTS}
