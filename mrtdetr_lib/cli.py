@@ -5,6 +5,7 @@
     mrtdetr infer -c configs/tiny_shapes.yml -o weights=... --infer_img a.jpg --draw_threshold 0.5
     mrtdetr infer -c ... --infer_img big.jpg --slice_infer --slice_size 640 640 --combine_method nmm
     mrtdetr export -c configs/tiny_shapes.yml -o weights=... trt=True
+    mrtdetr deploy --model_dir exports --image_file a.jpg --run_mode openvino [--run_benchmark]
 
 `-c` takes a YAML config (or a preset name: s m l x h tiny); `-o key=value` overrides any config
 field (`section.key=value` when a key is ambiguous). Several processes (GPUs):
@@ -197,6 +198,11 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trt", action="store_true",
                    help="the seed's trt=True: im_shape/scale_factor baked in, simplified ONNX, "
                         "and a TensorRT FP16 engine when a GPU and tensorrt are present")
+    p.add_argument("--dynamic_batch", action="store_true",
+                   help="one ONNX file for every batch size (baked in; --batch is ignored)")
+    p.add_argument("--int8", action="store_true",
+                   help="also an int8 ONNX file (deploy --run_mode ort_int8), calibrated on "
+                        "the first 16 training images")
 
 
 def _export(args: argparse.Namespace, cfg: Config) -> int:
@@ -205,15 +211,88 @@ def _export(args: argparse.Namespace, cfg: Config) -> int:
     model = _model_with_weights(cfg, "export")
     out_dir = args.output_dir or "exports"
     name = f"mask_rtdetr_{cfg.model.arch.lower()}"
-    onnx_path = export_onnx(model, out_dir, name, args.batch, bake=args.trt)
-    print(f"paddle inference model: {os.path.join(out_dir, f'{name}_b{args.batch}_paddle')}")
-    print(f"onnx (opset 16, simplified{', inputs baked' if args.trt else ''}): {onnx_path}")
+    onnx_path = export_onnx(model, out_dir, name, args.batch, bake=args.trt,
+                            dynamic_batch=args.dynamic_batch)
+    paddle_dir = str(onnx_path).replace(".onnx", "_paddle")
+    print(f"paddle inference model: {paddle_dir}")
+    baked = args.trt or args.dynamic_batch
+    print(f"onnx (opset 16, simplified{', inputs baked' if baked else ''}): {onnx_path}")
+    files = {"paddle": os.path.basename(paddle_dir), "onnx": onnx_path.name}
+    if args.int8:
+        files["onnx_int8"] = _export_int8(cfg, onnx_path).name
+    _write_infer_cfg(cfg, out_dir, files, None if args.dynamic_batch else args.batch, baked)
     if args.trt:
         reason = tensorrt_available()
         if reason:
             print(f"tensorrt engine skipped: {reason}")
         else:
             print(f"tensorrt fp16 engine: {build_trt_engine(onnx_path, fp16=True)}")
+    return 0
+
+
+def _export_int8(cfg: Config, onnx_path):
+    """The int8 QDQ file beside `onnx_path`, calibrated on the first 16 training images."""
+    from .data import build_dataset
+    from .export import calibration_inputs, quantize_onnx
+
+    records = build_dataset(cfg.data, "train").records[:16]
+    path = quantize_onnx(onnx_path, str(onnx_path).replace(".onnx", "_int8.onnx"),
+                         calibration_inputs([r["im_file"] for r in records], onnx_path))
+    print(f"onnx int8 (QDQ, for ort_int8 and OpenVINO): {path}")
+    return path
+
+
+def _write_infer_cfg(cfg: Config, out_dir: str, files: Dict[str, str], batch, baked: bool):
+    """infer_cfg.json for `mrtdetr deploy`: class names from the val annotations, if there."""
+    from .data.coco import load_coco
+    from .export.deploy import write_infer_cfg
+
+    anno = os.path.join(cfg.data.dataset_dir, cfg.data.val_anno_path)
+    names, ids = [str(i) for i in range(cfg.model.num_classes)], []
+    if os.path.isfile(anno):
+        coco = load_coco(anno)
+        ids = sorted(coco.getCatIds())
+        names = [coco.cats[c]["name"] for c in ids]
+    path = write_infer_cfg(out_dir, files, cfg.model.eval_size, batch, baked, names, ids,
+                           cfg.model.arch)
+    print(f"deploy config: {path}")
+
+
+# ---------------------------------------------------------------- deploy (no training config)
+def _deploy_args(p: argparse.ArgumentParser) -> None:
+    from .export.deploy import RUN_MODES
+
+    p.add_argument("--model_dir", required=True, help="a folder `mrtdetr export` wrote")
+    p.add_argument("--image_file", help="one image to run on")
+    p.add_argument("--image_dir", help="a folder of images to run on")
+    p.add_argument("--run_mode", default="paddle", choices=RUN_MODES)
+    p.add_argument("--threshold", type=float, default=0.5, help="score threshold")
+    p.add_argument("--run_benchmark", action="store_true",
+                   help="time the model on the first image (JSON line: median, IQR, machine)")
+    p.add_argument("--cpu_threads", type=int, default=0, help="CPU threads (0: all)")
+
+
+def _deploy(args: argparse.Namespace, cfg: None) -> int:
+    from .export.deploy import deploy
+    from .infer import list_images
+
+    if bool(args.image_file) == bool(args.image_dir):
+        raise ValueError("give one of --image_file IMAGE or --image_dir FOLDER")
+    if args.image_file and not os.path.isfile(args.image_file):
+        raise FileNotFoundError(f"--image_file not found: {args.image_file}")
+    if args.image_dir and not os.path.isdir(args.image_dir):
+        raise NotADirectoryError(f"--image_dir is not a folder: {args.image_dir}")
+    images = list_images(args.image_file, args.image_dir)
+    try:
+        summary = deploy(args.model_dir, images, args.run_mode, args.threshold,
+                         args.output_dir or "output", args.run_benchmark, args.cpu_threads)
+    except RuntimeError as err:  # e.g. trt_fp16 without a GPU
+        return _fail(str(err))
+    for saved in summary["drawn"]:
+        print(f"drawn: {saved}")
+    print(f"COCO results: {summary['results']}")
+    if "benchmark" in summary:
+        print(json.dumps(summary["benchmark"]))
     return 0
 
 
@@ -229,6 +308,8 @@ COMMANDS: Dict[str, Tuple[str, Callable, Callable]] = {
     "infer": ("draw predicted instances on images (tools/infer.py)", _infer_args, _infer),
     "export": ("Paddle inference model + ONNX (+ TensorRT) in exports/ (tools/export_model.py)",
                _export_args, _export),
+    "deploy": ("run an exported folder on images (deploy/python/infer.py); no config needed",
+               _deploy_args, _deploy),
 }
 
 
@@ -239,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
     for name, (help_text, add_args, _) in COMMANDS.items():
         p = commands.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("-c", "--config", required=True,
+        p.add_argument("-c", "--config", required=name != "deploy",
                        help="YAML config (e.g. configs/tiny_shapes.yml) or a preset name")
         p.add_argument("-o", "--opt", nargs="+", action="extend", metavar="KEY=VALUE",
                        help="override config fields, e.g. -o epochs=1 weights=PATH_OR_URL")
@@ -265,7 +346,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(_trt_option(sys.argv[1:] if argv is None else argv))
     setup()  # a program's start: quiet paddle, every core (or MRTDETR_THREADS)
     try:
-        cfg = _config(args)
+        cfg = _config(args) if args.command != "deploy" else None
         return COMMANDS[args.command][2](args, cfg)
     except UserError as err:
         return _fail(str(err))

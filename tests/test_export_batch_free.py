@@ -7,9 +7,8 @@ import numpy as np
 import onnx
 import paddle
 import pytest
-from test_export import _eager, assert_same_detections
+from test_export import _eager, assert_same_detections, tiny  # noqa: F401 (a fixture)
 
-import mrtdetr_lib as mrt
 from mrtdetr_lib.export import OnnxPredictor, export_onnx, to_onnx
 from mrtdetr_lib.export.openvino import OpenVinoPredictor
 
@@ -24,14 +23,6 @@ def _images(batch, seed=0):
 def _full(images):
     return {"image": images, "im_shape": np.array([SIZE] * len(images), "float32"),
             "scale_factor": np.ones((len(images), 2), "float32")}
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    paddle.seed(0)
-    model = mrt.build_model("tiny")
-    model.eval()
-    return model
 
 
 @pytest.fixture(scope="module")
