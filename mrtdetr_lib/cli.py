@@ -277,7 +277,7 @@ def _deploy(args: argparse.Namespace, cfg: None) -> int:
     from .infer import list_images
 
     if bool(args.image_file) == bool(args.image_dir):
-        raise ValueError("give one of --image_file IMAGE or --image_dir FOLDER")
+        raise UserError("give one of --image_file IMAGE or --image_dir FOLDER")
     if args.image_file and not os.path.isfile(args.image_file):
         raise FileNotFoundError(f"--image_file not found: {args.image_file}")
     if args.image_dir and not os.path.isdir(args.image_dir):

@@ -7,7 +7,8 @@ import numpy as np
 import onnx
 import paddle
 import pytest
-from test_export import _eager, assert_same_detections, tiny  # noqa: F401 (a fixture)
+from test_export import _eager, assert_same_detections
+from test_export import tiny as tiny  # noqa: F401 (a fixture: the same tiny model)
 
 from mrtdetr_lib.export import OnnxPredictor, export_onnx, to_onnx
 from mrtdetr_lib.export.openvino import OpenVinoPredictor

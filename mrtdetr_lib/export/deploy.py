@@ -9,6 +9,7 @@ own size, so every run mode returns the same frame as the unbaked exports and ea
 """
 
 import json
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
@@ -16,8 +17,9 @@ import cv2
 import numpy as np
 
 from ..data.transforms import preprocess, read_image
+from ..errors import UserError
 from ..infer import Predictor
-from ..timing import latency_record, timed
+from .benchmark import latency_record
 from .onnx import OnnxPredictor
 from .openvino import OpenVinoPredictor
 from .paddle import PaddlePredictor
@@ -58,7 +60,7 @@ def read_infer_cfg(model_dir: PathLike) -> Dict[str, Any]:
     cfg = json.loads(path.read_text())
     missing = [k for k in ("eval_size", "baked", "class_names", "files") if k not in cfg]
     if missing:
-        raise ValueError(f"{path}: missing {missing}; export again with `mrtdetr export`")
+        raise UserError(f"{path}: missing {missing}; export again with `mrtdetr export`")
     return cfg
 
 
@@ -66,7 +68,7 @@ def load_deployed(model_dir: PathLike, run_mode: str, threads: int = 0) -> Calla
     """The predictor (numpy inputs -> bbox, bbox_num, mask in original pixels) of `run_mode`
     on an exported folder."""
     if run_mode not in RUN_MODES:
-        raise ValueError(f"--run_mode {run_mode!r}: choose from {', '.join(RUN_MODES)}")
+        raise UserError(f"--run_mode {run_mode!r}: choose from {', '.join(RUN_MODES)}")
     cfg = read_infer_cfg(model_dir)
     entry = MODE_FILES[run_mode]
     if entry not in cfg["files"]:
@@ -103,7 +105,7 @@ class InOriginalFrame:
     def __call__(self, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         """inputs: image [B, 3, h, w] (the eval size), im_shape and scale_factor [B, 2]."""
         if tuple(inputs["image"].shape[2:]) != self.eval_size:
-            raise ValueError(f"image of size {tuple(inputs['image'].shape[2:])}: this export "
+            raise UserError(f"image of size {tuple(inputs['image'].shape[2:])}: this export "
                              f"is baked for {self.eval_size}; resize the image first "
                              f"(data.preprocess(rgb, {list(self.eval_size)}))")
         out = self.predictor({"image": inputs["image"]})
@@ -149,8 +151,10 @@ def deploy(model_dir: PathLike, images: Sequence[str], run_mode: str, threshold:
            output_dir: PathLike = "output", run_benchmark: bool = False, threads: int = 0,
            warmup: int = 2, runs: int = 10) -> Dict[str, Any]:
     """`mrtdetr deploy`: drawn images and `bbox.json` (COCO results, image_id = position in
-    `images`) in output_dir; with run_benchmark one latency record (`timing.latency_record`)
+    `images`) in output_dir; with run_benchmark one latency record (`benchmark.latency_record`)
     on the first image. Returns {"drawn": [...], "results": path, "benchmark": record}."""
+    if not images:
+        raise UserError("deploy needs at least one image")
     cfg = read_infer_cfg(model_dir)
     predictor = Predictor(load_deployed(model_dir, run_mode, threads), threshold=threshold,
                           image_size=cfg["eval_size"], class_names=cfg["class_names"])
@@ -165,7 +169,12 @@ def deploy(model_dir: PathLike, images: Sequence[str], run_mode: str, threshold:
     summary: Dict[str, Any] = {"drawn": drawn, "results": str(results_path)}
     if run_benchmark:
         inputs = preprocess(read_image(images[0]), cfg["eval_size"])
-        seconds = timed(lambda: predictor.model(inputs), warmup, runs)
+        seconds = []
+        for i in range(warmup + runs):
+            start = time.perf_counter()
+            predictor.model(inputs)
+            if i >= warmup:
+                seconds.append(time.perf_counter() - start)
         summary["benchmark"] = {"run_mode": run_mode, "arch": cfg.get("arch"),
                                 "size": cfg["eval_size"], "batch": 1,
                                 **latency_record(seconds, warmup, threads)}

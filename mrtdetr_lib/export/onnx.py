@@ -20,6 +20,7 @@ from typing import Dict, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
+from ..errors import UserError
 from .paddle import OUTPUTS, check_image, export_inference, staged
 
 PathLike = Union[str, Path]
@@ -58,7 +59,7 @@ def to_onnx(model_dir: PathLike, onnx_path: PathLike, opset: int = 16) -> Path:
 
     if opset not in OPSETS:
         choices = " or ".join(map(str, OPSETS))
-        raise ValueError(f"opset {opset}: this model exports at opset {choices} "
+        raise UserError(f"opset {opset}: this model exports at opset {choices} "
                          f"(paddle2onnx 2.1 would silently write another)")
     model_dir, onnx_path = Path(model_dir), Path(onnx_path)
     onnx_path.parent.mkdir(parents=True, exist_ok=True)

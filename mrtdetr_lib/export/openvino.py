@@ -17,6 +17,7 @@ from typing import Dict, List, Union
 
 import numpy as np
 
+from ..errors import UserError
 from .paddle import OUTPUTS, check_image
 
 PathLike = Union[str, Path]
@@ -46,7 +47,7 @@ class OpenVinoPredictor:
         import openvino as ov
 
         if precision not in PRECISIONS:
-            raise ValueError(f"precision {precision!r}: choose from {PRECISIONS}")
+            raise UserError(f"precision {precision!r}: choose from {PRECISIONS}")
         if not Path(onnx_path).is_file():
             raise FileNotFoundError(f"ONNX model not found: {onnx_path}")
         core = ov.Core()

@@ -23,6 +23,8 @@ import numpy as np
 import paddle
 from paddle.static import InputSpec
 
+from ..errors import UserError
+
 OUTPUTS = ("bbox", "bbox_num", "mask")
 
 
@@ -122,10 +124,10 @@ def export_inference(model: paddle.nn.Layer, out_dir: Union[str, Path], batch: O
 def check_image(image: np.ndarray) -> None:
     """Refuse what is not the model's float 0..1 image (e.g. uint8 0..255, which would run)."""
     if not np.issubdtype(np.asarray(image).dtype, np.floating):
-        raise ValueError(f"image has dtype {np.asarray(image).dtype}: the model takes float32 "
+        raise UserError(f"image has dtype {np.asarray(image).dtype}: the model takes float32 "
                          f"in 0..1 (RGB / 255, e.g. data.preprocess)")
     if image.size and float(np.max(image)) > 1.0 + 1e-3:
-        raise ValueError(f"image values reach {float(np.max(image)):.1f}: the model takes "
+        raise UserError(f"image values reach {float(np.max(image)):.1f}: the model takes "
                          f"float32 in 0..1 (divide 0..255 images by 255, e.g. data.preprocess)")
 
 

@@ -72,8 +72,6 @@ class DETRPostProcess(nn.Layer):
         height, width = self.same_size
         resized = F.interpolate(masks, size=[height, width], mode="bilinear",
                                 align_corners=False).reshape([-1, height, width])
-        if self.return_probs:
-            return F.sigmoid(resized)
         return (resized > self.logit_threshold).astype("int32")
 
     def split_index(self, index: paddle.Tensor,
