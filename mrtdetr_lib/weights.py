@@ -69,8 +69,9 @@ class LoadReport:
         text = f"loaded {self.loaded} tensors from {self.source}"
         if not self.skipped:
             return text
-        return (text + f"; re-initialised for {self.classes[0]} classes (file has "
-                f"{self.classes[1]}): {', '.join(self.skipped)}")
+        model, file = self.classes
+        return (text + f"; re-initialised for {model} class{'es' * (model != 1)} (file has "
+                f"{file}): {', '.join(self.skipped)}")
 
 
 def resolve(path_or_url: str, progress: bool = True) -> Path:
