@@ -83,3 +83,18 @@ def test_profile_step_compare_runs_two_criteria_on_the_same_batches(tmp_path):
                                 "mrtdetr_lib/loss"]).returncode == 0
     if unchanged:
         assert result["largest relative loss difference"] < 1e-6
+
+
+def test_own_data_runs_the_whole_path_in_quick_mode(tmp_path, capsys):
+    """Raw labels -> masks layout -> COCO -> checker -> 2 fine-tuning steps from the course
+    checkpoint -> int8 ONNX -> its AP on the held-out corner: one JSON line with every stage."""
+    code = load_bench("own_data").main(["--steps", "2", "--calib", "2", "--eval-epochs", "50",
+                                        "--output-dir", str(tmp_path)])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["what"] == "own_data" and result["steps"] == 2
+    assert result["objects"]["val"][0] == 1 and result["train_tiles"] == 105
+    assert list(result["seconds"]) == ["annotations_to_coco", "check", "fine_tune", "evaluate",
+                                       "export_int8", "score_int8"]
+    assert 0.0 <= result["int8_mask_AP"] <= 1.0 and result["int8_MB"] < result["fp32_MB"]
+    assert (tmp_path / "exports" / "own_data_b1_int8.onnx").is_file()

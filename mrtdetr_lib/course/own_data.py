@@ -12,15 +12,21 @@ cuts overlapping tiles from the rest, written in the VOC masks layout an annotat
 
 import json
 import shutil
+import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 
 from ..config import Config, get_config, load_config
+from ..data import build_loader
+from ..data.convert import convert
+from ..engine import Trainer, evaluate_predictor, summary
+from ..export import OnnxPredictor, calibration_inputs, export_onnx, quantize_onnx
 from ..weights import COURSE_CHECKPOINT
+from .deploy import on_batches
 
 PathLike = Union[str, Path]
 SHIPPED_NUCLEI = Path(__file__).resolve().parent / "data" / "nuclei"
@@ -86,14 +92,15 @@ def write_masks_sample(folder: PathLike, name: str, image: np.ndarray,
     return int(objects.max())
 
 
-def write_nuclei_folders(out: PathLike, tile: int = 256, stride: int = 32,
+def write_nuclei_folders(out: PathLike, tile: int = 128, stride: int = 32, held_out: int = 256,
                          folder: Optional[PathLike] = None) -> Dict[str, Dict[str, int]]:
-    """The annotation tool's folders `out/train` (overlapping tiles that avoid the bottom-right
-    tile x tile corner) and `out/val` (that corner), and `out/class_names.txt`; returns
-    {split: {file stem: instances}}. A nucleus cut by the corner's border is in both, in part."""
+    """The annotation tool's folders `out/train` (overlapping tile x tile crops that avoid the
+    bottom-right held_out x held_out corner) and `out/val` (that corner), and
+    `out/class_names.txt`; returns {split: {file stem: instances}}. A nucleus cut by the corner's
+    border is in both, in part."""
     image, labels = read_nuclei(folder)
     height, width = image.shape
-    corner = (height - tile, width - tile, height, width)
+    corner = (height - held_out, width - held_out, height, width)
     out = Path(out)
     shutil.rmtree(out, ignore_errors=True)  # a re-run with other tiles leaves no stale files
     written: Dict[str, Dict[str, int]] = {"train": {}, "val": {}}
@@ -125,6 +132,20 @@ def x2coco_commands(tool_dir: PathLike, dataset_dir: PathLike) -> List[List[str]
     return commands
 
 
+def convert_tool_folders(tool_dir: PathLike, dataset_dir: PathLike
+                         ) -> Dict[str, Tuple[int, int]]:
+    """What the two x2coco.py calls of `x2coco_commands` do, in Python: {split: (images,
+    objects)}."""
+    tool_dir, counts = Path(tool_dir), {}
+    for split, proportions in (("train", (1.0, 0.0, 0.0)), ("val", (0.0, 1.0, 0.0))):
+        part = tool_dir / split
+        counts.update({k: v for k, v in convert(
+            "masks", str(part / "SegmentationObject"), str(part / "JPEGImages"), str(dataset_dir),
+            proportions, labels=str(tool_dir / "class_names.txt"),
+            class_input_dir=str(part / "SegmentationClass")).items() if k == split})
+    return counts
+
+
 def break_boxes(anno_path: PathLike, out_path: PathLike, image_index: int = 1,
                 shift: Tuple[float, float] = (192.0, 160.0)) -> Tuple[int, int]:
     """A copy of a COCO file with one image's boxes moved by `shift` (x, y): the boxes of a tiling
@@ -142,35 +163,66 @@ def break_boxes(anno_path: PathLike, out_path: PathLike, image_index: int = 1,
 
 def finetune_config(dataset_dir: PathLike, output_dir: PathLike, quick: bool,
                     num_classes: int = 1, steps: Optional[int] = None) -> Config:
-    """The fine-tuning Config for a data set written by x2coco.py: in quick mode the course
-    checkpoint's model (`tiny`) at 256 px from `pretrain_weights: course`; in full mode `l` at
-    640 px from the official COCO weights (`pretrain_weights: l`). The class tensors are
-    re-initialised for `num_classes` by the Trainer."""
+    """The fine-tuning Config for a data set written by x2coco.py. Quick mode: the course
+    checkpoint's model (`tiny`, `pretrain_weights: course`) on the nuclei: 128 px tiles trained
+    at 224-288 px and the 256 px held-out corner evaluated at 512 px, so every nucleus reaches
+    the model twice as large. Full mode: `l` from the official COCO weights (`pretrain_weights:
+    l`) at PaddleDetection's sizes. The Trainer re-initialises the class tensors."""
     if quick:
         cfg = load_config(str(COURSE_CHECKPOINT.parent / "config.yml"))
-        size, batch, weights = 256, 4, "course"
-        cfg.model.num_queries = cfg.model.num_top_queries = 100  # ~40 nuclei in a tile
+        eval_size, train_sizes, weights = 512, [224, 256, 288], "course"
+        cfg.model.num_queries = cfg.model.num_top_queries = 100  # ~30 nuclei in the corner
         cfg.train.base_lr, cfg.train.warmup_steps = 4e-4, 20
         cfg.train.ema_decay, cfg.train.ema_ramp_steps = 0.99, 20
     else:
         cfg = get_config("l")
-        size, batch, weights = 640, 4, "l"
+        eval_size, train_sizes, weights = 640, cfg.data.train_sizes, "l"
         cfg.train.warmup_steps = 200
-    cfg.model.num_classes, cfg.model.eval_size = num_classes, (size, size)
+    cfg.model.num_classes, cfg.model.eval_size = num_classes, (eval_size, eval_size)
     data = cfg.data
     data.dataset_dir = str(dataset_dir)
     data.train_image_dir, data.val_image_dir = "train", "val"
     data.train_anno_path = "annotations/instance_train.json"
     data.val_anno_path = "annotations/instance_val.json"
-    data.eval_size, data.batch_size, data.num_workers = [size, size], batch, 0
-    data.train_sizes = [size - 32, size, size + 32] if quick else data.train_sizes
-    data.max_images = None
+    data.eval_size, data.train_sizes = [eval_size, eval_size], list(train_sizes)
+    data.batch_size, data.num_workers, data.max_images = 4, 0, None
     train = cfg.train
     train.pretrain_weights, train.backbone_weights, train.resume = weights, None, None
     train.output_dir, train.eval, train.lr_schedule = str(output_dir), True, "constant"
     train.max_iters = steps or (60 if quick else 3000)
     train.epochs, train.log_iter = 10_000, 10
     return cfg
+
+
+def fine_tune(cfg: Config, minutes: Optional[float] = None,
+              callbacks: Sequence[Callable] = (), progress: bool = True) -> Trainer:
+    """Train `cfg` to its `max_iters`, or until `minutes` have passed (the run then stops
+    between two steps and saves its checkpoint); returns the Trainer (`trainer.evaluate()`
+    scores where it stopped)."""
+    trainer = Trainer(cfg, callbacks=callbacks, progress=progress)
+    deadline = time.time() + 60 * minutes if minutes else None
+    for _ in trainer.run():
+        if deadline and time.time() > deadline:
+            break  # closing the generator saves the checkpoint (Trainer.run)
+    return trainer
+
+
+def export_int8(model: Any, cfg: Config, out_dir: PathLike, calibration_images: Sequence[str]
+                ) -> Tuple[Path, Path]:
+    """(fp32, int8) ONNX files of an eval model at its eval size, batch 1; int8 is static,
+    calibrated on `calibration_images` (training images, never the ones scored)."""
+    fp32 = export_onnx(model, out_dir, "own_data", batch=1, size=tuple(cfg.model.eval_size))
+    int8 = quantize_onnx(fp32, Path(out_dir) / "own_data_b1_int8.onnx",
+                         calibration_inputs(list(calibration_images), fp32))
+    return fp32, int8
+
+
+def score_onnx(onnx_path: PathLike, cfg: Config) -> Dict[str, float]:
+    """COCO AP (mask_AP, mask_APs, bbox_AP, ...) of an ONNX file on cfg's val split."""
+    loader = build_loader(cfg, "val", num_workers=0)
+    predictor = on_batches(OnnxPredictor(onnx_path))
+    return summary(evaluate_predictor(predictor, loader, loader.dataset.coco,
+                                      loader.dataset.cat_ids, progress=False))
 
 
 def mask_ious(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
