@@ -4,8 +4,8 @@
         [--output-dir output/bench_own_data] [-o train.base_lr=2e-4 ...]
 
 Chapter 07's path on the nuclei image (2018 Data Science Bowl, BBBC038): the labels written as
-an annotation tool's VOC masks layout (overlapping 128 px tiles, the bottom-right 256 px corner held out
-for validation), `x2coco` to COCO, the checker, fine-tuning the `tiny` course checkpoint
+an annotation tool's VOC masks layout (overlapping 128 px tiles, the bottom-right 256 px corner
+held out for validation), `x2coco` to COCO, the checker, fine-tuning the `tiny` course checkpoint
 (`pretrain_weights: course`, re-initialised for 1 class) for `--steps` steps or `--minutes` of
 training, whichever ends first, then ONNX export and static int8 quantisation, and the mask AP of
 the int8 model on the held-out corner. The issue's target: the whole path in at most 30 minutes
