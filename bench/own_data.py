@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import mrtdetr_lib as mrt
-from mrtdetr_lib.config import parse_overrides, update_config
+from mrtdetr_lib.config import apply_overrides
 from mrtdetr_lib.course import own_data as od
 from mrtdetr_lib.data.check import check_dataset
 from mrtdetr_lib.infer import list_images
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace, threads: int) -> Dict:
     lap("check")
     cfg = od.finetune_config(out / "coco", out / "train", quick=True, steps=args.steps)
     cfg.train.snapshot_epoch = args.eval_epochs
-    cfg = update_config(cfg, parse_overrides(args.opt or [], cfg))
+    cfg = apply_overrides(cfg, args.opt)
     trainer = od.fine_tune(cfg, minutes=args.minutes, progress=False)
     lap("fine_tune")
     eager = trainer.evaluate()

@@ -184,7 +184,7 @@ def finetune_config(dataset_dir: PathLike, output_dir: PathLike, quick: bool,
     data.train_image_dir, data.val_image_dir = "train", "val"
     data.train_anno_path = "annotations/instance_train.json"
     data.val_anno_path = "annotations/instance_val.json"
-    data.eval_size, data.train_sizes = [eval_size, eval_size], list(train_sizes)
+    data.train_sizes = list(train_sizes)
     data.batch_size, data.num_workers, data.max_images = 4, 0, None
     train = cfg.train
     train.pretrain_weights, train.backbone_weights, train.resume = weights, None, None
