@@ -1,7 +1,7 @@
 """`mrtdetr train|eval|infer|export`: PaddleDetection's tools/*.py flags (`python -m mrtdetr_lib`).
 
     mrtdetr train -c configs/tiny_shapes.yml --eval [-r output/tiny_shapes/last.pdckpt] [--amp]
-    mrtdetr eval  -c configs/tiny_shapes.yml -o weights=output/tiny_shapes/best_model.pdparams
+    mrtdetr eval  -c configs/tiny_shapes.yml -o weights=output/tiny_shapes/best_model.safetensors
     mrtdetr infer -c configs/tiny_shapes.yml -o weights=... --infer_img a.jpg --draw_threshold 0.5
     mrtdetr infer -c ... --infer_img big.jpg --slice_infer --slice_size 640 640 --combine_method nmm
     mrtdetr export -c configs/tiny_shapes.yml -o weights=... trt=True

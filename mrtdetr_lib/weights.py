@@ -231,12 +231,19 @@ def load_backbone(model: paddle.nn.Layer, path_or_url: str, progress: bool = Tru
     return LoadReport(str(path), loaded=len(keep))
 
 
+def save_safetensors(state: Mapping[str, Any], path: Union[str, Path]) -> Path:
+    """Write {name: tensor or array} to a .safetensors file (plain arrays: loading it runs no
+    code), atomically."""
+    from safetensors.numpy import save_file
+    arrays = {k: np.ascontiguousarray(v.numpy() if isinstance(v, paddle.Tensor) else v)
+              for k, v in state.items()}
+    atomic_write(path, lambda tmp: save_file(arrays, tmp))
+    return Path(path)
+
+
 def pdparams_to_safetensors(src: Union[str, Path], dst: Union[str, Path]) -> Path:
     """Convert a .pdparams (pickle) to .safetensors (plain tensors, safe to load)."""
-    from safetensors.numpy import save_file
-    state = {k: np.ascontiguousarray(v) for k, v in read_state_dict(src).items()}
-    atomic_write(dst, lambda tmp: save_file(state, tmp))
-    return Path(dst)
+    return save_safetensors(read_state_dict(src), dst)
 
 
 def safetensors_to_pdparams(src: Union[str, Path], dst: Union[str, Path]) -> Path:

@@ -92,10 +92,10 @@ def test_quick_train_eval_infer_from_a_fresh_checkout(tmp_path):
     summary = json.loads(mrtdetr("train", "-c", CONFIG, "--eval", "--output_dir", out,
                                  "-o", "epochs=1")[-1])
     assert summary["steps"] == 4 and summary["best"]["step"] == 4  # 16 images / batch 4
-    for name in ("last.pdckpt", "best_model.pdparams", "model_final.pdparams", "config.yml",
+    for name in ("last.pdckpt", "best_model.safetensors", "model_final.safetensors", "config.yml",
                  "train_log.jsonl", "curves.png"):
         assert os.path.getsize(os.path.join(out, name)) > 0, name
-    best = os.path.join(out, "best_model.pdparams")
+    best = os.path.join(out, "best_model.safetensors")
     metrics = json.loads(mrtdetr("eval", "-c", CONFIG, "-o", f"weights={best}")[-1])
     assert 0.0 <= metrics["mask_AP"] <= 1.0
     lines = mrtdetr("infer", "-c", CONFIG, "-o", f"weights={best}", "--infer_dir",

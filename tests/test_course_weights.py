@@ -21,7 +21,7 @@ from mrtdetr_lib.course.weights import (
     score,
 )
 from mrtdetr_lib.data.shapes import make_shapes
-from mrtdetr_lib.weights import WeightsMismatchError
+from mrtdetr_lib.weights import WeightsMismatchError, read_state_dict, save_safetensors
 
 # Evaluation is deterministic, but another thread count or CPU kind rounds sums differently:
 # a detection near a threshold may flip. 0.02 AP on 50 images is a couple of such flips.
@@ -55,8 +55,9 @@ def test_course_checkpoint_is_the_tiny_model_with_its_config():
     meta = json.loads((course_checkpoint().parent / "meta.json").read_text())
     assert meta["configs"] == list(course.RECIPE) and meta["seed"] == cfg.train.seed
     stage1 = mrt.load_config(str(course.ROOT / course.RECIPE[0]))  # stage 2 starts where it ended
-    assert cfg.train.pretrain_weights == os.path.join(stage1.train.output_dir,
-                                                      "best_model.pdparams")
+    # the shipped run read stage 1's .pdparams; the Trainer now writes .safetensors
+    assert os.path.splitext(cfg.train.pretrain_weights)[0] == os.path.join(
+        stage1.train.output_dir, "best_model")
 
 
 def test_damaged_or_foreign_file_fails_clearly(tmp_path):
@@ -123,11 +124,11 @@ def test_ship_packages_the_last_stage_with_one_log_of_every_stage(tmp_path, monk
         run = tmp_path / f"run{stage}"
         run.mkdir()
         paddle.seed(stage)
-        paddle.save(mrt.build_model(cfg.model).state_dict(), str(run / "best_model.pdparams"))
+        save_safetensors(mrt.build_model(cfg.model).state_dict(), run / "best_model.safetensors")
         log = [{"kind": "train", "step": s, "epoch": 0, "loss": 10.0 / s} for s in
                range(1, steps + 1)] + [{"kind": "eval", "step": steps, "epoch": 0, "mask_AP": 0.1}]
         (run / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
-    best = tmp_path / "run2" / "best_model.pdparams"
+    best = tmp_path / "run2" / "best_model.safetensors"
     best.rename(best.with_suffix(".bak"))  # stage 2 not trained yet: a clear error, nothing written
     with pytest.raises(FileNotFoundError, match="stage2.yml has no finished run"):
         course.ship(configs, tmp_path / "out")
@@ -143,5 +144,5 @@ def test_ship_packages_the_last_stage_with_one_log_of_every_stage(tmp_path, monk
     shipped = checkpoint_config(tmp_path / "out" / course.WEIGHTS_NAME)
     assert shipped.model.eval_size == (160, 160)  # stage 2's config
     ours = dict(load_course_model(tmp_path / "out" / course.WEIGHTS_NAME)[0].state_dict())
-    theirs = paddle.load(str(tmp_path / "run2" / "best_model.pdparams"))
-    assert all(np.array_equal(ours[k].numpy(), theirs[k].numpy()) for k in theirs)
+    theirs = read_state_dict(tmp_path / "run2" / "best_model.safetensors")
+    assert all(np.array_equal(ours[k].numpy(), theirs[k]) for k in theirs)

@@ -17,8 +17,8 @@ import pytest
 import mrtdetr_lib as mrt
 from mrtdetr_lib.engine import Trainer
 from mrtdetr_lib.engine.log import read_log
-from mrtdetr_lib.engine.trainer import _set_exact
 from mrtdetr_lib.errors import UserError
+from mrtdetr_lib.weights import set_exact
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "tiny_shapes.yml")
@@ -156,12 +156,14 @@ def test_a_checkpoint_saved_at_an_epochs_end_resumes_into_the_next(shapes, tmp_p
     assert steps[-1] == (5, 1)
 
 
-def test_harmless_changes_warn_and_resume(checkpoint, shapes, tmp_path):
+def test_other_changes_are_listed_and_resume(checkpoint, shapes, tmp_path, capsys):
     cfg = _cfg(shapes, tmp_path, max_iters=4, resume=str(checkpoint))
     cfg.train.log_iter = 7
-    with pytest.warns(UserWarning, match=r"train\.max_iters 3 -> 4; .*train\.log_iter 1000 -> 7"):
-        trainer = Trainer(cfg, progress=False)
+    trainer = Trainer(cfg, progress=False)
     assert trainer.global_step == 3
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    listed = "changed since: train.max_iters 3 -> 4; train.log_iter 1000 -> 7; train.output_dir"
+    assert line.startswith("resumed from") and listed in line
 
 
 def test_a_checkpoint_of_another_architecture_is_one_clear_error(checkpoint, shapes, tmp_path):
@@ -173,4 +175,4 @@ def test_a_checkpoint_of_another_architecture_is_one_clear_error(checkpoint, sha
     state = dict(model.state_dict())
     state["transformer.query_pos_head.layers.0.weight"] = paddle.zeros([3, 3])
     with pytest.raises(UserError, match=r"x\.pdckpt .*mis-shaped.*query_pos_head.*\[3, 3\]"):
-        _set_exact(model, state, "x.pdckpt")
+        set_exact(model, state, "x.pdckpt")

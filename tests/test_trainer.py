@@ -25,6 +25,7 @@ from mrtdetr_lib.engine.checkpoint import atomic_save
 from mrtdetr_lib.engine.ema import ModelEMA, ramped_decay
 from mrtdetr_lib.engine.log import plot_log, read_log
 from mrtdetr_lib.engine.optim import lr_factor
+from mrtdetr_lib.weights import read_state_dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -496,13 +497,13 @@ def test_tiny_model_trains_evaluates_and_keeps_the_best(shapes, tmp_path):
     assert 0.0 <= evals[-1]["mask_AP"] <= 1.0 and "bbox_AP50" in evals[-1]
     best = max(evals, key=lambda r: r["mask_AP"])
     assert result["best"]["step"] == best["step"]
-    weights = paddle.load(str(tmp_path / "best_model.pdparams"))
+    weights = read_state_dict(tmp_path / "best_model.safetensors")  # no pickle
     fresh = mrt.build_model(cfg.model)
     fresh.set_state_dict(weights)  # a plain state_dict: what `weights=` loads
     assert set(weights) == set(fresh.state_dict())
     for name, before in frozen.items():  # frozen stem, frozen norms' statistics never move
         np.testing.assert_array_equal(trainer.model.state_dict()[name].numpy(), before)
-    assert (tmp_path / "model_final.pdparams").exists() and (tmp_path / "config.yml").exists()
+    assert (tmp_path / "model_final.safetensors").exists() and (tmp_path / "config.yml").exists()
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -14,6 +14,7 @@ full run is an error that says how to make one, never a silent fallback.
 import dataclasses
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple, Union
 
@@ -25,13 +26,13 @@ from ..engine.evaluator import evaluate, summary
 from ..engine.log import read_log, save_curves
 from ..files import atomic_write
 from ..model.detr import build_model
-from ..weights import COURSE_CHECKPOINT, load_pretrained, pdparams_to_safetensors
+from ..weights import COURSE_CHECKPOINT, load_pretrained
 
 PathLike = Union[str, Path]
 ROOT = Path(__file__).resolve().parents[2]  # the project folder (an editable install)
 SHIPPED = COURSE_CHECKPOINT.parent  # package data; the core knows its path ("course")
 WEIGHTS_NAME = COURSE_CHECKPOINT.name
-FULL_RUN = ROOT / "output" / "03_training_hires" / "best_model.pdparams"  # chapter 03, QUICK = 0
+FULL_RUN = ROOT / "output" / "03_training_hires" / "best_model.safetensors"  # chapter 03, full
 # The test (and meta.json) score the first images of the validation split: the quick data set's
 # val split is exactly these (image i depends only on the seed, the split and i).
 TEST_IMAGES = 50
@@ -107,12 +108,13 @@ def ship(configs: Sequence[PathLike] = RECIPE, out_dir: PathLike = SHIPPED) -> D
     cfgs = [load_config(str(ROOT / c)) for c in configs]
     runs = [ROOT / c.train.output_dir for c in cfgs]
     for config, run in zip(configs, runs):
-        if not (run / "best_model.pdparams").is_file():
-            raise FileNotFoundError(f"{config} has no finished run: {run / 'best_model.pdparams'} "
+        if not (run / "best_model.safetensors").is_file():
+            raise FileNotFoundError(f"{config} has no finished run: {run}/best_model.safetensors "
                                     "is missing (train every stage first: make checkpoint)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    weights = pdparams_to_safetensors(runs[-1] / "best_model.pdparams", out_dir / WEIGHTS_NAME)
+    weights = Path(atomic_write(out_dir / WEIGHTS_NAME, lambda tmp: shutil.copyfile(
+        runs[-1] / "best_model.safetensors", tmp)))
     weights.chmod(0o644)  # safetensors writes 0600; the package is read by everyone
     save_config(cfgs[-1], str(out_dir / "config.yml"))
     kept, offset = [], 0

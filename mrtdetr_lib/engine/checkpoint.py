@@ -25,7 +25,7 @@ from ..files import atomic_write
 # What a resumed run must share with its checkpoint: the model, and which samples the remaining
 # steps see in which order (the data set, its size, the batch, sizes, augmentation, seed). Other
 # fields may change on resume (epochs, max_iters, base_lr, log_iter, output_dir, eval, ...);
-# the Trainer warns about each.
+# the Trainer's "resumed from" line lists each.
 SAME_ON_RESUME = ("model.", "data.dataset_dir", "data.train_image_dir", "data.train_anno_path",
                   "data.max_images", "data.allow_empty", "data.batch_size", "data.train_sizes",
                   "data.augment", "train.seed", "train.use_ema")

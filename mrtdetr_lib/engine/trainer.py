@@ -34,7 +34,7 @@ from ..data import build_dataset, build_loader
 from ..errors import UserError
 from ..loss.criterion import build_criterion
 from ..model.detr import build_model
-from ..weights import load_backbone, load_pretrained, set_exact
+from ..weights import load_backbone, load_pretrained, save_safetensors, set_exact
 from .checkpoint import (
     atomic_save,
     config_changes,
@@ -266,7 +266,7 @@ class Trainer:
             self.model.set_state_dict(raw)
 
     def weights(self) -> Dict[str, paddle.Tensor]:
-        """The weights to deploy: EMA averages when EMA is on (what ppdet saves as .pdparams)."""
+        """The weights to deploy: EMA averages when EMA is on (ppdet saves these as .pdparams)."""
         return self.ema.averaged(self.model) if self.ema else self.model.state_dict()
 
     # ------------------------------------------------------------------ files
@@ -275,12 +275,13 @@ class Trainer:
         return os.path.join(self.cfg.train.output_dir, "last.pdckpt")
 
     def save_weights(self, name: str) -> Optional[str]:
-        """Write `<output_dir>/<name>.pdparams` (loadable with `weights=`); rank 0 only."""
+        """Write `<output_dir>/<name>.safetensors` (plain arrays, no pickle; `weights=` and
+        `pretrain_weights=` read it, `safetensors_to_pdparams` makes PaddleDetection's
+        .pdparams); rank 0 only."""
         if not self.is_main:
             return None
-        path = os.path.join(self.cfg.train.output_dir, name + ".pdparams")
-        atomic_save(self.weights(), path)
-        return path
+        return str(save_safetensors(self.weights(),
+                                    os.path.join(self.cfg.train.output_dir, name + ".safetensors")))
 
     def save_curves(self) -> Optional[str]:
         """Write `<output_dir>/curves.png` (loss and eval AP against step) from the log."""
@@ -320,9 +321,6 @@ class Trainer:
         if refused:  # another model, or another order of the remaining batches
             raise UserError(f"{path} was trained with other settings; resume with the "
                             f"checkpoint's: {'; '.join(refused)}")
-        if allowed and self.is_main:
-            warnings.warn(f"resuming {path} with changed settings: {'; '.join(allowed)}",
-                          stacklevel=3)
         set_exact(self.model, state["model"], path)
         if self.ema is not None and state["ema"] is not None:
             self.ema.set_state_dict(state["ema"])
@@ -333,7 +331,9 @@ class Trainer:
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
         self.global_step, self.best = state["global_step"], dict(state["best"])
         set_rng_state(state["rng"])
-        self._print(f"resumed from {path} at step {self.global_step} (epoch {self.epoch})")
+        changed = f"; changed since: {'; '.join(allowed)}" if allowed else ""  # allowed, said
+        self._print(f"resumed from {path} at step {self.global_step} (epoch {self.epoch})"
+                    + changed)
 
     # ------------------------------------------------------------------ helpers
     def _emit(self, record: Record, echo: bool = False) -> None:
