@@ -283,6 +283,9 @@ def open_notebook(browser: Any, url: str, token: str, relative: str) -> None:
     wait_for(lambda: browser.find_elements(
         By.CSS_SELECTOR, ".jp-Notebook-ExecutionIndicator[data-status='idle']"), 120,
         "the kernel to start")
+    # the status bar describes the current widget: a notebook opened without a click may not be
+    # current yet (its kernel items stay hidden), so focus it as a user would
+    browser.find_element(By.CSS_SELECTOR, ".jp-Notebook").click()
     status = lambda: " ".join(e.text for e in browser.find_elements(  # noqa: E731
         By.CSS_SELECTOR, ".jp-StatusBar-Widget"))
     wait_for(lambda: "| Idle" in status(), 60, "'Idle' in the status bar")
