@@ -85,8 +85,8 @@ fetch(arguments[0].src).then(r => r.arrayBuffer()).then(b => crypto.subtle.diges
 """
 PROMPTS = r"""
 return [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')]
-    .map(e => e.textContent.trim());
-"""
+    .map(e => e.textContent.trim()).filter(t => t !== '');
+"""  # a folded solution (source_hidden) shows no prompt at all: its cells are not counted
 ERRORS = r"""
 return [...document.querySelectorAll('.jp-OutputArea-output')]
     .map(e => e.textContent).filter(t => /Traceback \(most recent call last\)/.test(t))
