@@ -36,9 +36,15 @@ shapes: venv
 course: venv shapes
 	MRTDETR_QUICK=$(QUICK) $(PY) notebooks/run_all.py --out build/course
 
+# A pytest killed by a signal (one SIGSEGV inside paddle in 4 full runs on 2026-12-02, not
+# reproduced in isolation) runs once more, saying so; a failing test fails at once. The
+# interpreter's fault handler prints every thread's stack if it happens again.
+PYTEST := MRTDETR_QUICK=1 PYTHONFAULTHANDLER=1 $(PY) -m pytest -q -p no:cacheprovider tests \
+	notebooks --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 900
 test: venv
-	MRTDETR_QUICK=1 $(PY) -m pytest -q -p no:cacheprovider tests notebooks --nbval \
-		--nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 900
+	@$(PYTEST); status=$$?; if [ $$status -ge 128 ]; then \
+		echo "pytest was killed by signal $$((status - 128)); running the tests once more"; \
+		$(PYTEST); status=$$?; fi; exit $$status
 
 # the two stages of the course recipe on 3000 shapes images (stage 2 starts from stage 1's
 # best_model), then packaged into mrtdetr_lib/course/checkpoint
