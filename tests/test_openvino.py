@@ -2,6 +2,8 @@
 detections, boxes within rounding, and AP on shapes val images beside the other backends."""
 
 import dataclasses
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -77,3 +79,28 @@ def test_precision_is_checked(course):
         OpenVinoPredictor(files["ort_fp32"], precision="fp16")
     with pytest.raises(FileNotFoundError, match="ONNX model not found"):
         OpenVinoPredictor(files["ort_fp32"].with_name("missing.onnx"))
+
+
+def test_openvino_leaves_the_threads_signal_stack_usable(course, tmp_path):
+    """Two predictors deleted in the order they were made left the thread's signal stack
+    pointing at memory OpenVINO had unmapped; the next SIGCHLD (with paddle's handler, set by a
+    multi-process loader) killed the process with SIGSEGV: the full suite died so in CI."""
+    _, _, files = course
+    script = f'''
+import faulthandler, gc, signal, subprocess, sys
+faulthandler.enable()  # a signal stack of its own, as pytest has one
+signal.signal(signal.SIGCHLD, lambda *_: None)  # as paddle's loader does
+from mrtdetr_lib.export.openvino import OpenVinoPredictor
+first = OpenVinoPredictor({str(files["openvino_fp32"])!r}, threads=1)
+second = OpenVinoPredictor({str(files["openvino_fp32"])!r}, threads=1)
+del first
+del second
+gc.collect()
+for _ in range(3):
+    subprocess.run([sys.executable, "-c", "pass"], timeout=60)
+print("survived")
+'''
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and "survived" in proc.stdout, (proc.returncode,
+                                                                 proc.stderr[-2000:])

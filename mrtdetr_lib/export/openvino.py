@@ -11,9 +11,12 @@ for the CPU with the LATENCY hint (one stream: all threads on one request, batch
 Same contract as the other predictors: `predictor(inputs)` -> {bbox, bbox_num, mask} (numpy).
 """
 
+import contextlib
+import ctypes
 import os
+import sys
 from pathlib import Path
-from typing import Dict, List, Union
+from typing import Dict, Iterator, List, Union
 
 import numpy as np
 
@@ -22,6 +25,32 @@ from .paddle import OUTPUTS, check_image
 
 PathLike = Union[str, Path]
 PRECISIONS = ("fp32", "bf16", "int8")
+
+
+class _SignalStack(ctypes.Structure):
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int),
+                ("ss_size", ctypes.c_size_t)]
+
+
+@contextlib.contextmanager
+def keep_signal_stack() -> Iterator[None]:
+    """Give the calling thread back its signal stack (`sigaltstack`) after OpenVINO's call.
+
+    OpenVINO 2026.4's CPU plugin installs a stack of its own on the thread that compiles a model
+    and can unmap it later without handing the old one back. The next signal with an
+    SA_ONSTACK handler (Python's handlers are; paddle's multi-process loader adds one for
+    SIGCHLD) then finds no stack, and the kernel kills the process with SIGSEGV: our test
+    suite died that way in CI, at the first subprocess after an OpenVINO test. Linux only."""
+    if not sys.platform.startswith("linux"):
+        yield
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    saved = _SignalStack()
+    libc.sigaltstack(None, ctypes.byref(saved))
+    try:
+        yield
+    finally:
+        libc.sigaltstack(ctypes.byref(saved), None)
 
 
 def cpu_capabilities() -> List[str]:
@@ -59,8 +88,9 @@ class OpenVinoPredictor:
                   "PERFORMANCE_HINT": "LATENCY",
                   "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
         self.precision = precision
-        self.compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", config)
-        self.request = self.compiled.create_infer_request()
+        with keep_signal_stack():
+            self.compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", config)
+            self.request = self.compiled.create_infer_request()
         self.input_names = [i.get_any_name() for i in self.compiled.inputs]
         self.batch = self.compiled.inputs[0].get_partial_shape()[0]
 
@@ -68,6 +98,7 @@ class OpenVinoPredictor:
         """inputs: image [B, 3, H, W] float32 in 0..1 (+ im_shape, scale_factor unless baked)."""
         check_image(inputs["image"])
         feeds = {n: np.ascontiguousarray(inputs[n], dtype="float32") for n in self.input_names}
-        results = self.request.infer(feeds)
+        with keep_signal_stack():
+            results = self.request.infer(feeds)
         # copies: the request reuses its output buffers on the next call
         return {name: np.array(results[self.compiled.output(name)]) for name in OUTPUTS}
