@@ -10,11 +10,13 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 
 import paddle
 import pytest
 
 import mrtdetr_lib as mrt
+from mrtdetr_lib.data import build_loader
 from mrtdetr_lib.engine import Trainer
 from mrtdetr_lib.engine.log import read_log
 from mrtdetr_lib.errors import UserError
@@ -127,7 +129,8 @@ def test_an_epoch_with_no_batch_left_stops_with_a_message(checkpoint, shapes, tm
         import dataclasses
         import mrtdetr_lib as mrt
         from mrtdetr_lib.data import build_dataset
-        from mrtdetr_lib.engine import Trainer
+        from mrtdetr_lib.data import build_loader
+from mrtdetr_lib.engine import Trainer
         cfg = mrt.get_config("tiny")
         cfg.data.dataset_dir, cfg.data.num_workers, cfg.data.batch_size = {str(shapes)!r}, 0, 1
         cfg.data.train_sizes = [96]
@@ -176,3 +179,20 @@ def test_a_checkpoint_of_another_architecture_is_one_clear_error(checkpoint, sha
     state["transformer.query_pos_head.layers.0.weight"] = paddle.zeros([3, 3])
     with pytest.raises(UserError, match=r"x\.pdckpt .*mis-shaped.*query_pos_head.*\[3, 3\]"):
         set_exact(model, state, "x.pdckpt")
+
+
+def _feeding_threads():
+    return {t for t in threading.enumerate() if "_thread_loop" in t.name}
+
+
+def test_leaving_a_loader_or_a_run_early_stops_the_feeding_thread(shapes, tmp_path):
+    """paddle's feeding thread of a loader left mid-epoch waited on its full queue forever (it
+    holds its iterator alive, so paddle's __del__ clean-up never ran): a thread leaked per run."""
+    before = _feeding_threads()
+    for _ in build_loader(_cfg(shapes, tmp_path), "train"):
+        break
+    assert _feeding_threads() == before
+    run = Trainer(_cfg(shapes, tmp_path, max_iters=6), progress=False).run()
+    next(run)  # one step, mid-epoch: the loader has more batches queued
+    run.close()
+    assert _feeding_threads() == before

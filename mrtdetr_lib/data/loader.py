@@ -142,13 +142,27 @@ class LoaderWithErrors(paddle.io.DataLoader):
                          use_shared_memory=_shared_memory_ok())
 
     def __iter__(self) -> Iterator[Dict[str, Any]]:
-        for batch in super().__iter__():
-            if "error" in batch:
-                if int(np.asarray(batch["user_error"]).reshape(-1)[0]):
-                    raise UserError(f"loading a batch failed: {batch['error']}")
-                raise RuntimeError(f"loading a batch failed; the sample's traceback:\n"
-                                   f"{batch['error']}")
-            yield batch
+        batches = super().__iter__()
+        try:
+            for batch in batches:
+                if "error" in batch:
+                    if int(np.asarray(batch["user_error"]).reshape(-1)[0]):
+                        raise UserError(f"loading a batch failed: {batch['error']}")
+                    raise RuntimeError(f"loading a batch failed; the sample's traceback:\n"
+                                       f"{batch['error']}")
+                yield batch
+        finally:  # also when the caller stops early (break, an error, a closed generator)
+            _stop_feeding(batches)
+
+
+def _stop_feeding(batches: Any) -> None:
+    """Stop a paddle loader iterator's feeding thread (and workers) now. Left to itself, a thread
+    whose consumer stopped early waits on its full queue forever, and holds the iterator alive
+    (a bound method is its target), so paddle's own clean-up in __del__ never runs: every early
+    stop (a training run's end mid-epoch, `next(iter(loader))`) leaked a thread and a queue."""
+    shutdown = getattr(batches, "_try_shutdown_all", None)
+    if shutdown is not None:
+        shutdown()
 
 
 def build_dataset(cfg: DataConfig, split: str,
