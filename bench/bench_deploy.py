@@ -68,7 +68,13 @@ def calibration_images(count: int = 2, size=(480, 640)) -> List[np.ndarray]:
 def predictors(backends: List[str], model, folder: Path, name: str, batch: int,
                threads: int) -> Dict[str, Callable]:
     """backend -> callable(numpy inputs), exporting what the backends need; unavailable -> str."""
-    from mrtdetr_lib.export import OnnxPredictor, PaddlePredictor, export_onnx, tensorrt_available
+    from mrtdetr_lib.export import (
+        OnnxPredictor,
+        PaddlePredictor,
+        beside,
+        export_onnx,
+        tensorrt_available,
+    )
     from mrtdetr_lib.export.quantize import calibration_inputs, quantize_onnx
 
     out: Dict[str, Callable] = {}
@@ -78,12 +84,11 @@ def predictors(backends: List[str], model, folder: Path, name: str, batch: int,
     if set(backends) - {"eager", "trt"}:
         onnx_path = export_onnx(model, folder, name, batch=batch)  # writes the paddle one too
     if "paddle-inference" in backends:
-        out["paddle-inference"] = PaddlePredictor(folder / f"{name}_b{batch}_paddle",
-                                                  threads=threads)
+        out["paddle-inference"] = PaddlePredictor(beside(onnx_path, "_paddle"), threads=threads)
     if "ort" in backends:
         out["ort"] = OnnxPredictor(onnx_path, threads=threads)
     if set(backends) & set(INT8):
-        int8_path = quantize_onnx(onnx_path, folder / f"{name}_b{batch}_int8.onnx",
+        int8_path = quantize_onnx(onnx_path, beside(onnx_path, "_int8.onnx"),
                                   calibration_inputs(calibration_images(), onnx_path))
     if "ort-int8" in backends:
         out["ort-int8"] = OnnxPredictor(int8_path, threads=threads)

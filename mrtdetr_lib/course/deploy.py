@@ -27,6 +27,7 @@ from ..export import (
     OnnxPredictor,
     OpenVinoPredictor,
     PaddlePredictor,
+    beside,
     calibration_inputs,
     export_onnx,
     quantize_onnx,
@@ -66,11 +67,11 @@ def build_backends(model: Any, out_dir: PathLike, name: str = "model", batch: in
     out_dir = Path(out_dir)
     # a copy: paddle.jit.to_static turns the layer it traces into the traced program in place
     onnx_path = export_onnx(copy.deepcopy(model), out_dir, name, batch, size)
-    files = {"paddle_inference": out_dir / f"{name}_b{batch}_paddle", "ort_fp32": onnx_path,
+    files = {"paddle_inference": beside(onnx_path, "_paddle"), "ort_fp32": onnx_path,
              "openvino_fp32": onnx_path, "openvino_bf16": onnx_path}
     if {"ort_int8", "openvino_int8"} & set(backends):
         files["ort_int8"] = files["openvino_int8"] = quantize_onnx(
-            onnx_path, out_dir / f"{name}_b{batch}_int8.onnx",
+            onnx_path, beside(onnx_path, "_int8.onnx"),
             calibration_inputs(calibration_images, onnx_path))
     predictors: Dict[str, Predictor] = {}
     for backend in backends:

@@ -144,6 +144,13 @@ def export_onnx(model, out_dir: PathLike, name: str = "model", batch: int = 1,
     return Path(out_dir) / f"{stem}.onnx"
 
 
+def beside(onnx_path: PathLike, suffix: str) -> Path:
+    """A path next to an export, named after it: `beside(path, "_paddle")` is the Paddle model
+    `export_onnx` wrote with it, `beside(path, "_int8.onnx")` the name its int8 copy takes."""
+    path = Path(onnx_path)
+    return path.with_name(path.stem + suffix)
+
+
 def name_batch_axis(onnx_path: PathLike) -> None:
     """Call the image's first axis `batch` (paddle2onnx and onnxsim leave it unnamed or `-1`):
     what runtimes and TensorRT profiles show; refuse a file where it is not symbolic."""
