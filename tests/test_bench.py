@@ -87,13 +87,19 @@ def test_profile_step_compare_runs_two_criteria_on_the_same_batches(tmp_path):
 
 def test_own_data_runs_the_whole_path_in_quick_mode(tmp_path, capsys):
     """Raw labels -> masks layout -> COCO -> checker -> 2 fine-tuning steps from the course
-    checkpoint -> int8 ONNX -> its AP on the held-out corner: one JSON line with every stage."""
-    code = load_bench("own_data").main(["--steps", "2", "--calib", "2", "--eval-epochs", "50",
-                                        "--output-dir", str(tmp_path)])
+    checkpoint -> int8 ONNX -> its AP on the held-out tiles: one JSON line with every stage;
+    `--ship` packages what chapter 07 reads (here into a temporary folder)."""
+    bench, shipped = load_bench("own_data"), tmp_path / "shipped"  # not the course's own
+    code = bench.main(["--steps", "2", "--calib", "2", "--eval-epochs", "50", "--ship",
+                       str(shipped), "--output-dir", str(tmp_path)])
     assert code == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["what"] == "own_data" and result["steps"] == 2
-    assert result["objects"]["val"][0] == 1 and result["train_tiles"] == 105
+    assert result["objects"]["val"] == [4, 30] and result["train_tiles"] == 105
+    assert json.loads((shipped / "meta.json").read_text())["steps"] == 2
+    cfg = bench.od.finetune_config(tmp_path / "coco", tmp_path / "x", quick=True)
+    model = bench.od.finetuned_model(cfg, shipped / "model.safetensors")  # loads strictly
+    assert not model.training and (shipped / "config.yml").is_file()
     assert list(result["seconds"]) == ["annotations_to_coco", "check", "fine_tune", "evaluate",
                                        "export_int8", "score_int8"]
     assert 0.0 <= result["int8_mask_AP"] <= 1.0 and result["int8_MB"] < result["fp32_MB"]

@@ -93,15 +93,21 @@ def test_renumber_drops_slivers_and_keeps_ids_in_8_bits():
 
 
 def test_nuclei_folders_are_the_masks_layout(tmp_path):
-    written = od.write_nuclei_folders(tmp_path, tile=256, stride=128)
-    assert list(written["val"]) == ["nuclei_val"] and len(written["train"]) == 5
+    written = od.write_nuclei_folders(tmp_path, tile=128, stride=128)
+    # the corner's four tiles, none of them a training tile: the 12 others train
+    assert list(written["val"]) == [f"nuclei_val_y{y}_x{x}" for y in (256, 384)
+                                    for x in (256, 384)]
+    assert len(written["train"]) == 12 and not set(written["train"]) & set(written["val"])
     for split in ("train", "val"):
         names = {part: sorted(p.name for p in (tmp_path / split / part).iterdir())
                  for part in od.LAYOUT}
         assert names["JPEGImages"] == names["SegmentationObject"] == names["SegmentationClass"]
-    objects = cv2.imread(str(tmp_path / "val" / "SegmentationObject" / "nuclei_val.png"),
-                         cv2.IMREAD_UNCHANGED)
-    assert objects.max() == written["val"]["nuclei_val"] > 20
+    objects = cv2.imread(str(tmp_path / "val" / "SegmentationObject" /
+                             "nuclei_val_y256_x256.png"), cv2.IMREAD_UNCHANGED)
+    assert objects.shape == (128, 128) and objects.max() == written["val"][
+        "nuclei_val_y256_x256"] > 3
+    _, labels = od.read_nuclei()  # every nucleus of the corner is in one of its tiles
+    assert sum(written["val"].values()) >= len(np.unique(od.renumber(labels[256:, 256:]))) - 1
     assert (tmp_path / "class_names.txt").read_text().splitlines() == ["background", "nucleus"]
     command = od.x2coco_commands(tmp_path, tmp_path / "coco")[1]
     assert command[command.index("--val_proportion") + 1] == "1"

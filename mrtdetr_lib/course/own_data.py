@@ -20,16 +20,21 @@ import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 
-from ..config import Config, get_config, load_config
+from ..config import Config, get_config, load_config, save_config
 from ..data import build_loader
 from ..data.convert import convert
-from ..engine import Trainer, evaluate_predictor, summary
-from ..export import OnnxPredictor, calibration_inputs, export_onnx, quantize_onnx
-from ..weights import COURSE_CHECKPOINT
+from ..engine import Trainer, evaluate_predictor, read_log, summary
+from ..export import OnnxPredictor, beside, calibration_inputs, export_onnx, quantize_onnx
+from ..files import atomic_write
+from ..model.detr import build_model
+from ..weights import COURSE_CHECKPOINT, load_pretrained, save_safetensors
 from .deploy import on_batches
 
 PathLike = Union[str, Path]
 SHIPPED_NUCLEI = Path(__file__).resolve().parent / "data" / "nuclei"
+# a longer fine-tune of the course checkpoint on the nuclei (bench/own_data.py --ship): the
+# EMA weights where it stopped, the config, the log and the benchmark's JSON line
+FINETUNED = SHIPPED_NUCLEI / "finetuned" / "model.safetensors"
 LAYOUT = ("JPEGImages", "SegmentationObject", "SegmentationClass")
 MIN_PIXELS = 20  # a nucleus cut by a tile border to fewer pixels is left out (a sliver)
 Box = Tuple[int, int, int, int]  # y0, x0, y1, x1 in pixels
@@ -95,23 +100,25 @@ def write_masks_sample(folder: PathLike, name: str, image: np.ndarray,
 def write_nuclei_folders(out: PathLike, tile: int = 128, stride: int = 32, held_out: int = 256,
                          folder: Optional[PathLike] = None) -> Dict[str, Dict[str, int]]:
     """The annotation tool's folders `out/train` (overlapping tile x tile crops that avoid the
-    bottom-right held_out x held_out corner) and `out/val` (that corner), and
-    `out/class_names.txt`; returns {split: {file stem: instances}}. A nucleus cut by the corner's
-    border is in both, in part."""
+    bottom-right held_out x held_out corner) and `out/val` (that corner cut into tile x tile
+    crops that do not overlap, so the model is scored on inputs like those it trains on), and
+    `out/class_names.txt`; returns {split: {file stem: instances}}. A nucleus cut by a border
+    is in both crops, in part."""
     image, labels = read_nuclei(folder)
     height, width = image.shape
     corner = (height - held_out, width - held_out, height, width)
     out = Path(out)
     shutil.rmtree(out, ignore_errors=True)  # a re-run with other tiles leaves no stale files
     written: Dict[str, Dict[str, int]] = {"train": {}, "val": {}}
-    for y, x in tile_origins(height, width, tile, stride, avoid=corner):
-        crop = (slice(y, y + tile), slice(x, x + tile))
-        name = f"nuclei_y{y:03d}_x{x:03d}"
-        written["train"][name] = write_masks_sample(out / "train", name, image[crop],
-                                                    labels[crop])
-    y0, x0, y1, x1 = corner
-    written["val"]["nuclei_val"] = write_masks_sample(out / "val", "nuclei_val",
-                                                      image[y0:y1, x0:x1], labels[y0:y1, x0:x1])
+    y0, x0 = corner[:2]
+    val_origins = [(y0 + y, x0 + x) for y, x in tile_origins(held_out, held_out, tile, tile)]
+    for split, origins in (("train", tile_origins(height, width, tile, stride, avoid=corner)),
+                           ("val", val_origins)):
+        for y, x in origins:
+            crop = (slice(y, y + tile), slice(x, x + tile))
+            name = f"nuclei{'_val' if split == 'val' else ''}_y{y:03d}_x{x:03d}"
+            written[split][name] = write_masks_sample(out / split, name, image[crop],
+                                                      labels[crop])
     (out / "class_names.txt").write_text("background\nnucleus\n")
     return written
 
@@ -164,14 +171,16 @@ def break_boxes(anno_path: PathLike, out_path: PathLike, image_index: int = 1,
 def finetune_config(dataset_dir: PathLike, output_dir: PathLike, quick: bool,
                     num_classes: int = 1, steps: Optional[int] = None) -> Config:
     """The fine-tuning Config for a data set written by x2coco.py. Quick mode: the course
-    checkpoint's model (`tiny`, `pretrain_weights: course`) on the nuclei: 128 px tiles trained
-    at 224-288 px and the 256 px held-out corner evaluated at 512 px, so every nucleus reaches
-    the model twice as large. Full mode: `l` from the official COCO weights (`pretrain_weights:
-    l`) at PaddleDetection's sizes. The Trainer re-initialises the class tensors."""
+    checkpoint's model (`tiny`, 30 queries, `pretrain_weights: course`) on the nuclei: 128 px
+    tiles trained at 224-288 px and evaluated at 256 px, so every nucleus reaches the model twice
+    as large. (After 400 steps, the held-out corner as one 256 px image at 512 px scored 0.018
+    mask AP where its four tiles at 256 px scored 0.48, with the same weights: a size far from
+    the training sizes puts the encoder's position embeddings where training never was.) Full
+    mode: `l` from the official COCO weights (`pretrain_weights: l`) at PaddleDetection's sizes.
+    The Trainer re-initialises the class tensors."""
     if quick:
         cfg = load_config(str(COURSE_CHECKPOINT.parent / "config.yml"))
-        eval_size, train_sizes, weights = 512, [224, 256, 288], "course"
-        cfg.model.num_queries = cfg.model.num_top_queries = 100  # ~30 nuclei in the corner
+        eval_size, train_sizes, weights = 256, [224, 256, 288], "course"  # tiles at 2x
         cfg.train.base_lr, cfg.train.warmup_steps = 4e-4, 20
         cfg.train.ema_decay, cfg.train.ema_ramp_steps = 0.99, 20
     else:
@@ -207,12 +216,42 @@ def fine_tune(cfg: Config, minutes: Optional[float] = None,
     return trainer
 
 
+def ship_finetuned(trainer: Trainer, result: Dict[str, Any], out: Path = FINETUNED.parent
+                   ) -> Path:
+    """Package a finished fine-tune for chapter 07's quick mode: the EMA weights where it stopped
+    (what the benchmark scored, not the best evaluation's), its config, its log and `result`
+    (the benchmark's JSON line) as meta.json. Returns the weights' path."""
+    out.mkdir(parents=True, exist_ok=True)
+    weights = save_safetensors(trainer.weights(), out / FINETUNED.name)
+    weights.chmod(0o644)  # safetensors writes 0600; the package is read by everyone
+    save_config(trainer.cfg, str(out / "config.yml"))
+    log = Path(trainer.cfg.train.output_dir) / "train_log.jsonl"
+    every = trainer.cfg.train.log_iter  # the logged steps and every evaluation: a smaller file
+    text = "".join(json.dumps(r) + "\n" for r in read_log(str(log))
+                   if r["kind"] != "train" or r["step"] % every == 0)
+    atomic_write(out / "train_log.jsonl", lambda tmp: Path(tmp).write_text(text))
+    meta = json.dumps(result, indent=1) + "\n"
+    atomic_write(out / "meta.json", lambda tmp: Path(tmp).write_text(meta))
+    return weights
+
+
+def finetuned_model(cfg: Config, weights: PathLike = FINETUNED) -> Any:
+    """The model of `cfg` with the shipped nuclei fine-tune (or `weights`) loaded, in eval mode."""
+    if not Path(weights).is_file():
+        raise FileNotFoundError(f"no fine-tuned weights at {weights} (bench/own_data.py --ship "
+                                "writes them)")
+    model = build_model(cfg.model)
+    load_pretrained(model, str(weights), progress=False)
+    model.eval()
+    return model
+
+
 def export_int8(model: Any, cfg: Config, out_dir: PathLike, calibration_images: Sequence[str]
                 ) -> Tuple[Path, Path]:
     """(fp32, int8) ONNX files of an eval model at its eval size, batch 1; int8 is static,
     calibrated on `calibration_images` (training images, never the ones scored)."""
     fp32 = export_onnx(model, out_dir, "own_data", batch=1, size=tuple(cfg.model.eval_size))
-    int8 = quantize_onnx(fp32, Path(out_dir) / "own_data_b1_int8.onnx",
+    int8 = quantize_onnx(fp32, beside(fp32, "_int8.onnx"),
                          calibration_inputs(list(calibration_images), fp32))
     return fp32, int8
 
