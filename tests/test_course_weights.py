@@ -21,6 +21,7 @@ from mrtdetr_lib.course.weights import (
     score,
 )
 from mrtdetr_lib.data.shapes import make_shapes
+from mrtdetr_lib.engine import read_log
 from mrtdetr_lib.weights import WeightsMismatchError, read_state_dict, save_safetensors
 
 # Evaluation is deterministic, but another thread count or CPU kind rounds sums differently:
@@ -146,3 +147,16 @@ def test_ship_packages_the_last_stage_with_one_log_of_every_stage(tmp_path, monk
     ours = dict(load_course_model(tmp_path / "out" / course.WEIGHTS_NAME)[0].state_dict())
     theirs = read_state_dict(tmp_path / "run2" / "best_model.safetensors")
     assert all(np.array_equal(ours[k].numpy(), theirs[k]) for k in theirs)
+
+
+def test_ship_early_stops_the_recipe_at_its_step_and_ships_what_loads(tmp_path):
+    data = tmp_path / "shapes"
+    make_shapes(str(data), num_train=8, num_val=TEST_IMAGES, image_size=128, progress=False)
+    meta = course.ship_early(steps=10, dataset_dir=data, out_dir=tmp_path / "early",
+                             run_dir=tmp_path / "run")
+    assert meta["steps"] == 10 and meta["batch_size"] == 8 and meta["processes"] == 1
+    assert json.loads((tmp_path / "early" / "meta.json").read_text()) == meta
+    steps = [r["step"] for r in read_log(str(tmp_path / "early" / "train_log.jsonl"))]
+    assert steps == [10]  # every log_iter-th step (10) is kept
+    model, cfg = load_course_model(tmp_path / "early" / course.EARLY.name)
+    assert cfg.model.num_queries == 30 and not model.training  # the 10-minute recipe's model
