@@ -129,8 +129,7 @@ def test_an_epoch_with_no_batch_left_stops_with_a_message(checkpoint, shapes, tm
         import dataclasses
         import mrtdetr_lib as mrt
         from mrtdetr_lib.data import build_dataset
-        from mrtdetr_lib.data import build_loader
-from mrtdetr_lib.engine import Trainer
+        from mrtdetr_lib.engine import Trainer
         cfg = mrt.get_config("tiny")
         cfg.data.dataset_dir, cfg.data.num_workers, cfg.data.batch_size = {str(shapes)!r}, 0, 1
         cfg.data.train_sizes = [96]
