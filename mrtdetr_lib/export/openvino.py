@@ -13,6 +13,7 @@ Same contract as the other predictors: `predictor(inputs)` -> {bbox, bbox_num, m
 
 import contextlib
 import ctypes
+import functools
 import os
 import sys
 from pathlib import Path
@@ -44,13 +45,18 @@ def keep_signal_stack() -> Iterator[None]:
     if not sys.platform.startswith("linux"):
         yield
         return
-    libc = ctypes.CDLL(None, use_errno=True)
     saved = _SignalStack()
-    libc.sigaltstack(None, ctypes.byref(saved))
+    _libc().sigaltstack(None, ctypes.byref(saved))
     try:
         yield
     finally:
-        libc.sigaltstack(ctypes.byref(saved), None)
+        _libc().sigaltstack(ctypes.byref(saved), None)
+
+
+@functools.lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL:
+    """The C library, opened once (every inference call goes through keep_signal_stack)."""
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def cpu_capabilities() -> List[str]:
