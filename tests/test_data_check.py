@@ -126,6 +126,14 @@ def test_rle_of_the_wrong_size(tmp_path):
     only(run(tmp_path, edit), "image id 2, annotation id 11", "RLE size [10, 10] differs")
 
 
+@pytest.mark.parametrize("compressed", [True, False])
+def test_rle_of_an_empty_mask(tmp_path, compressed):
+    def edit(data):
+        data["annotations"][1]["segmentation"] = (
+            mask_to_rle(np.zeros((H, W))) if compressed else {"size": [H, W], "counts": [H * W]})
+    only(run(tmp_path, edit), "image id 2, annotation id 11", "empty mask (an RLE of 0 pixels)")
+
+
 def test_uncompressed_rle_of_the_wrong_length(tmp_path):
     def edit(data):
         data["annotations"][1]["segmentation"] = {"size": [H, W], "counts": [5, 10]}

@@ -206,12 +206,16 @@ def _check_rle(segm: dict, width: int, height: int) -> List[str]:
     if isinstance(counts, list):
         if sum(counts) != height * width:
             return [f"uncompressed RLE covers {sum(counts)} pixels, the image has {height * width}"]
-        return []
-    try:
-        mask_util.area({"size": [height, width],
-                        "counts": counts.encode() if isinstance(counts, str) else counts})
-    except Exception as err:  # pycocotools raises plain Exceptions for bad strings
-        return [f"RLE counts cannot be decoded: {err}"]
+        area = sum(counts[1::2])  # runs alternate 0s and 1s, starting with 0s
+    else:
+        try:
+            encoded = counts.encode() if isinstance(counts, str) else counts
+            area = mask_util.area({"size": [height, width], "counts": encoded})
+        except Exception as err:  # pycocotools raises plain Exceptions for bad strings
+            return [f"RLE counts cannot be decoded: {err}"]
+    # an empty target trains masks to vanish, and the scores with them: they learn the mask IoU
+    if area == 0:
+        return ["empty mask (an RLE of 0 pixels): a mask exported with the wrong value or size?"]
     return []
 
 
