@@ -16,7 +16,8 @@ random too: latency does not depend on their values. The `tiny` preset has 100 q
 it `--queries 300` means its own 100 and `--queries 100` means 50 (see `queries_note`). The
 backends of one configuration are timed interleaved (one call each per round, the order
 rotating: a change of load hits them alike); every line carries the latency protocol
-(`timing.latency_record`): median and IQR of `--runs` timed calls after `--warmup` untimed ones,
+(`export.benchmark.latency_record`): median and IQR of `--runs` timed calls after `--warmup`
+untimed ones,
 the machine (CPU model, cores, threads) and library versions. Targets on the 2-core machine, l
 at 640, batch 1, 300 queries: `ort` <= 800 ms (PaddleDetection's own export there), `ort-int8`
 >= 1.5x faster than `ort` (`speedup_vs_ort`), the fastest fp32 backend <= 300 ms and the fastest
@@ -34,8 +35,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 import mrtdetr_lib as mrt
-from mrtdetr_lib.course.query_study import interleaved_times
-from mrtdetr_lib.export.benchmark import latency_record
+from mrtdetr_lib.export.benchmark import interleaved_times, latency_record
 
 BACKENDS = ("eager", "paddle-inference", "ort", "ort-int8", "openvino", "openvino-bf16",
             "openvino-int8", "trt")

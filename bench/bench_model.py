@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,8 +25,8 @@ import cv2
 import numpy as np
 
 import mrtdetr_lib as mrt
-from mrtdetr_lib.course.timing import timed
 from mrtdetr_lib.data import preprocess, read_image
+from mrtdetr_lib.export.benchmark import interleaved_times, quartiles_ms
 
 TARGETS_MS = {("l", 1, 640): {"model_only": 2900, "end_to_end": 3600}}
 
@@ -72,16 +71,17 @@ def measure(arch: str, batch: int, warmup: int, runs: int, threads: int) -> List
             with paddle.no_grad():
                 return model(prepared)
 
-        results = {"model_only": timed(model_only, warmup, runs),
-                   "end_to_end": timed(end_to_end, warmup, runs)}
+        times_ms = interleaved_times([model_only, end_to_end], runs, warmup)
+        results = {"model_only": times_ms[0], "end_to_end": times_ms[1]}
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     lines = []
-    for what, seconds in results.items():
+    for what, times in results.items():
+        q25, median, q75 = quartiles_ms(times)
         line = {"what": what, "config": f"{arch} {size[0]}x{size[1]} batch {batch}",
                 "backend": f"paddle {paddle.__version__} eager cpu, {threads} threads",
                 "arch": arch, "batch": batch, "size": list(size), "runs": runs,
-                "median_ms": round(1000 * statistics.median(seconds), 1),
-                "min_ms": round(1000 * min(seconds), 1), "peak_mb": round(peak_mb)}
+                "median_ms": round(median, 1), "iqr_ms": round(q75 - q25, 1),
+                "min_ms": round(float(min(times)), 1), "peak_mb": round(peak_mb)}
         target = TARGETS_MS.get((arch, batch, size[0]), {}).get(what)
         if target is not None and size[0] == size[1]:
             line.update(target_ms=target, meets_target=line["median_ms"] <= target)

@@ -19,8 +19,6 @@ from mrtdetr_lib.course.query_study import (
     check_setting,
     describe_differences,
     image_matches,
-    interleaved_times,
-    latency_stats,
     markdown_differences,
     markdown_table,
     one_at_a_time,
@@ -31,6 +29,7 @@ from mrtdetr_lib.course.query_study import (
 )
 from mrtdetr_lib.data import build_dataset
 from mrtdetr_lib.engine.evaluator import COCOEvaluator, evaluate
+from mrtdetr_lib.export.benchmark import interleaved_times, latency_stats
 
 
 @pytest.fixture(scope="module")

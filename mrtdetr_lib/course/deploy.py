@@ -11,7 +11,7 @@
 `build_backends` exports once per batch size and returns a predictor per backend, all with the
 same contract (numpy feeds in, numpy `bbox`/`bbox_num`/`mask` out); `compare_backends` scores
 them on a validation split with the AP difference to eager and its bootstrap interval;
-`latency_rows` times them interleaved (`query_study.interleaved_times`); `quantization_report`
+`latency_rows` times them interleaved (`export.benchmark.interleaved_times`); `quantization_report`
 says what quantisation did to the graph. Taught in notebooks/06_deployment.ipynb.
 """
 
@@ -32,15 +32,9 @@ from ..export import (
     export_onnx,
     quantize_onnx,
 )
+from ..export.benchmark import interleaved_times, latency_stats
 from ..infer import to_instances
-from .query_study import (
-    bootstrap_ap,
-    eager_predictor,
-    interleaved_times,
-    latency_stats,
-    numpy_inputs,
-    score_predictor,
-)
+from .query_study import bootstrap_ap, eager_predictor, numpy_inputs, score_predictor
 
 PathLike = Union[str, Path]
 Predictor = Callable[[Dict[str, Any]], Dict[str, np.ndarray]]

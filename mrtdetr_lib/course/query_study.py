@@ -35,10 +35,10 @@ from ..config import Config, ModelConfig
 from ..data import build_loader
 from ..engine.evaluator import COCOEvaluator
 from ..export import OnnxPredictor, export_onnx
+from ..export.benchmark import interleaved_times, latency_stats
 from ..model.detr import build_model
 from ..weights import count_parameters, load_pretrained, set_exact
 from .tables import format_table
-from .timing import timed
 
 KNOBS = ("num_queries", "num_top_queries", "eval_idx")
 BACKENDS = ("eager", "onnx")
@@ -104,27 +104,6 @@ def build_setting(cfg: ModelConfig, setting: Dict[str, int],
         set_exact(model, weights, "the given state dict")
     model.eval()
     return model
-
-
-def interleaved_times(predictors: Sequence[Callable[[], Any]], runs: int = 20,
-                      warmup: int = 2) -> np.ndarray:
-    """Milliseconds [len(predictors), runs]: every predictor warmed up `warmup` times first,
-    then one call each per round, the order rotating round by round, so a change of load on
-    the machine lands on every predictor alike (timing them one after the other would not)."""
-    for predict in predictors:
-        timed(predict, warmup, 0)
-    times = np.zeros((len(predictors), runs))
-    for run in range(runs):
-        for k in np.roll(np.arange(len(predictors)), run):
-            times[k, run] = 1000 * timed(predictors[k], 0, 1)[0]
-    return times
-
-
-def latency_stats(times_ms: Sequence[float]) -> Dict[str, float]:
-    """latency_ms (median), latency_q25_ms and latency_q75_ms (the quartiles: the spread)."""
-    q25, median, q75 = np.percentile(np.asarray(times_ms, dtype="float64"), [25, 50, 75])
-    return {"latency_ms": float(median), "latency_q25_ms": float(q25),
-            "latency_q75_ms": float(q75)}
 
 
 def numpy_inputs(batch: Dict[str, Any]) -> Dict[str, np.ndarray]:

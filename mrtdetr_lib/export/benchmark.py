@@ -1,12 +1,17 @@
-"""The latency protocol: every latency line says on what machine, with which libraries and how
-it was measured (warm-up and run counts, median and interquartile range), so a reader can
-reproduce it. Used by `mrtdetr deploy --run_benchmark`, bench/bench_deploy.py and
-bench/check_trt.py."""
+"""The latency protocol, the one way the course and its benchmarks time anything.
+
+How: `warmup` untimed calls, then `runs` timed ones (`timed`); several things compared are timed
+in interleaved rounds, one call each per round in a rotating order (`interleaved_times`), so a
+burst of other work on the machine lands on all of them alike. What is reported: the median and
+the quartiles (`latency_stats`; `latency_record` adds the machine, the library versions and the
+counts, so a reader can reproduce the line). Used by the chapters (05, 06 through
+`course.query_study` and `course.deploy`), `mrtdetr deploy --run_benchmark` and `bench/`."""
 
 import os
 import platform
+import time
 from importlib import metadata
-from typing import Dict, Sequence
+from typing import Any, Callable, Dict, List, Sequence
 
 import numpy as np
 
@@ -36,10 +41,48 @@ def versions() -> Dict[str, str]:
     return found
 
 
+def timed(fn: Callable[[], object], warmup: int, runs: int) -> List[float]:
+    """Seconds of each of `runs` calls of fn, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    seconds = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def interleaved_times(predictors: Sequence[Callable[[], Any]], runs: int = 20,
+                      warmup: int = 2) -> np.ndarray:
+    """Milliseconds [len(predictors), runs]: every predictor warmed up `warmup` times first,
+    then one call each per round, the order rotating round by round, so a change of load on
+    the machine lands on every predictor alike (timing them one after the other would not)."""
+    for predict in predictors:
+        timed(predict, warmup, 0)
+    times = np.zeros((len(predictors), runs))
+    for run in range(runs):
+        for k in np.roll(np.arange(len(predictors)), run):
+            times[k, run] = 1000 * timed(predictors[k], 0, 1)[0]
+    return times
+
+
+def quartiles_ms(times_ms: Sequence[float]) -> np.ndarray:
+    """[q25, median, q75] of times in milliseconds: the protocol's statistics."""
+    return np.percentile(np.asarray(times_ms, dtype="float64"), [25, 50, 75])
+
+
+def latency_stats(times_ms: Sequence[float]) -> Dict[str, float]:
+    """latency_ms (median), latency_q25_ms and latency_q75_ms (the quartiles: the spread)."""
+    q25, median, q75 = quartiles_ms(times_ms)
+    return {"latency_ms": float(median), "latency_q25_ms": float(q25),
+            "latency_q75_ms": float(q75)}
+
+
 def latency_record(seconds: Sequence[float], warmup: int, threads: int = 0) -> Dict[str, object]:
     """The protocol's fields for timed runs: median and interquartile range in ms, warm-up and
     run counts, machine and library versions."""
-    q25, median, q75 = np.percentile(1000 * np.asarray(seconds, "float64"), [25, 50, 75])
+    q25, median, q75 = quartiles_ms(1000 * np.asarray(seconds, "float64"))
     return {"median_ms": round(float(median), 1), "q25_ms": round(float(q25), 1),
             "q75_ms": round(float(q75), 1), "iqr_ms": round(float(q75 - q25), 1),
             "warmup": warmup, "runs": len(seconds), "machine": machine(threads),
