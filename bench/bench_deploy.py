@@ -14,11 +14,11 @@ num_queries, batch) is exported once per batch size (fixed-batch exports) into `
 (default: a temporary folder). Inputs are random at the preset's eval size; the weights are
 random too: latency does not depend on their values. The `tiny` preset has 100 queries, so for
 it `--queries 300` means its own 100 and `--queries 100` means 50 (see `queries_note`). The
-backends of one configuration are timed interleaved (one call each per round, the order
-rotating: a change of load hits them alike); every line carries the latency protocol
-(`export.benchmark.latency_record`): median and IQR of `--runs` timed calls after `--warmup`
-untimed ones,
-the machine (CPU model, cores, threads) and library versions. Targets on the 2-core machine, l
+backends of one configuration and one runtime are timed interleaved (one call each per round,
+the order rotating: a change of load hits them alike), one runtime after another
+(`export.benchmark.times_by_runtime`); every line carries the latency protocol
+(`latency_record`): median and IQR of `--runs` timed calls after `--warmup` untimed ones, the
+machine (CPU model, cores, threads) and library versions. Targets on the 2-core machine, l
 at 640, batch 1, 300 queries: `ort` <= 800 ms (PaddleDetection's own export there), `ort-int8`
 >= 1.5x faster than `ort` (`speedup_vs_ort`), the fastest fp32 backend <= 300 ms and the fastest
 int8 one <= 180 ms (the lines with `fastest`).
@@ -35,7 +35,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 import mrtdetr_lib as mrt
-from mrtdetr_lib.export.benchmark import interleaved_times, latency_record
+from mrtdetr_lib.export.benchmark import latency_record, runtime, times_by_runtime
 
 BACKENDS = ("eager", "paddle-inference", "ort", "ort-int8", "openvino", "openvino-bf16",
             "openvino-int8", "trt")
@@ -157,12 +157,14 @@ def measure(arch: str, queries: int, batch: int, args, folder: Path) -> List[Dic
                       args.threads)
     lines = [{"backend": b, **common, "skipped": r} for b, r in runs.items() if isinstance(r, str)]
     timed_backends = [b for b, r in runs.items() if not isinstance(r, str)]
-    times_ms = interleaved_times([lambda r=runs[b]: r(inputs) for b in timed_backends],
-                                 args.runs, args.warmup)
-    for backend, row in zip(timed_backends, times_ms):
+    times_ms = times_by_runtime({b: lambda r=runs[b]: r(inputs) for b in timed_backends},
+                                runtime, args.runs, args.warmup)
+    for backend, row in times_ms.items():
         lines.append({"backend": backend, **common, **latency_record(row / 1000, args.warmup,
                                                                      args.threads),
-                      "min_ms": round(float(row.min()), 1), "interleaved": timed_backends})
+                      "min_ms": round(float(row.min()), 1),
+                      "interleaved": [b for b in timed_backends
+                                      if runtime(b) == runtime(backend)]})
     add_targets(lines, arch, size[0], batch, num_queries)
     return lines
 

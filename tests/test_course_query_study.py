@@ -29,7 +29,7 @@ from mrtdetr_lib.course.query_study import (
 )
 from mrtdetr_lib.data import build_dataset
 from mrtdetr_lib.engine.evaluator import COCOEvaluator, evaluate
-from mrtdetr_lib.export.benchmark import interleaved_times, latency_stats
+from mrtdetr_lib.export.benchmark import interleaved_times, latency_stats, runtime, times_by_runtime
 
 
 @pytest.fixture(scope="module")
@@ -259,3 +259,16 @@ def test_interleaved_times_and_their_spread():
     assert calls == ["a", "a", "b", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, then turns
     stats = latency_stats([1.0, 2.0, 3.0, 4.0, 5.0])
     assert stats == {"latency_ms": 3.0, "latency_q25_ms": 2.0, "latency_q75_ms": 4.0}
+
+
+def test_runtimes_take_turns_only_among_their_own_predictors():
+    assert [runtime(b) for b in ("ort_int8", "openvino-bf16", "eager", "paddle_inference")] == [
+        "ort", "openvino", "eager", "paddle"]
+    calls = []
+    names = ("ort_fp32", "eager", "ort_int8")
+    times = times_by_runtime({n: (lambda n=n: calls.append(n)) for n in names}, runtime,
+                             runs=2, warmup=1)
+    assert list(times) == list(names) and all(t.shape == (2,) for t in times.values())
+    # ORT's two predictors warm up and take turns; eager runs only after them, never between
+    assert calls == ["ort_fp32", "ort_int8", "ort_fp32", "ort_int8", "ort_int8", "ort_fp32",
+                     "eager", "eager", "eager"]

@@ -11,7 +11,7 @@
 `build_backends` exports once per batch size and returns a predictor per backend, all with the
 same contract (numpy feeds in, numpy `bbox`/`bbox_num`/`mask` out); `compare_backends` scores
 them on a validation split with the AP difference to eager and its bootstrap interval;
-`latency_rows` times them interleaved (`export.benchmark.interleaved_times`); `quantization_report`
+`latency_rows` times them (`export.benchmark.times_by_runtime`); `quantization_report`
 says what quantisation did to the graph. Taught in notebooks/06_deployment.ipynb.
 """
 
@@ -32,7 +32,7 @@ from ..export import (
     export_onnx,
     quantize_onnx,
 )
-from ..export.benchmark import interleaved_times, latency_stats
+from ..export.benchmark import latency_stats, runtime, times_by_runtime
 from ..infer import to_instances
 from .query_study import bootstrap_ap, eager_predictor, numpy_inputs, score_predictor
 
@@ -122,14 +122,13 @@ def _difference(row: Dict[str, Any], prefix: str) -> str:
 def latency_rows(predictors: Dict[Tuple[str, int], Predictor],
                  feeds: Dict[int, Dict[str, np.ndarray]], runs: int = 20,
                  warmup: int = 3) -> List[Dict[str, Any]]:
-    """Time every (backend, batch) predictor on `feeds[batch]`, interleaved after a shared
-    warm-up: one row each with backend, batch, latency_ms (median), the quartiles and
-    ms_per_image (the median over the batch size)."""
-    keys = list(predictors)
-    times = interleaved_times([lambda k=k: predictors[k](feeds[k[1]]) for k in keys], runs,
-                              warmup)
+    """Time every (backend, batch) predictor on `feeds[batch]`, those of one runtime in
+    interleaved rounds, one runtime after another (`times_by_runtime`): one row each with
+    backend, batch, latency_ms (median), the quartiles and ms_per_image (median / batch)."""
+    times = times_by_runtime({k: lambda k=k: predictors[k](feeds[k[1]]) for k in predictors},
+                             lambda key: runtime(key[0]), runs, warmup)
     rows = []
-    for (backend, batch), row_times in zip(keys, times):
+    for (backend, batch), row_times in times.items():
         stats = latency_stats(row_times)
         rows.append({"backend": backend, "batch": batch, **stats,
                      "ms_per_image": stats["latency_ms"] / batch})

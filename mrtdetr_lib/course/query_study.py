@@ -35,7 +35,7 @@ from ..config import Config, ModelConfig
 from ..data import build_loader
 from ..engine.evaluator import COCOEvaluator
 from ..export import OnnxPredictor, export_onnx
-from ..export.benchmark import interleaved_times, latency_stats
+from ..export.benchmark import latency_stats, times_by_runtime
 from ..model.detr import build_model
 from ..weights import count_parameters, load_pretrained, set_exact
 from .tables import format_table
@@ -313,7 +313,7 @@ def query_study(cfg: Config, settings: Sequence[Dict[str, int]], weights: Weight
                 log: Callable[[str], None] = print) -> List[Dict[str, Any]]:
     """One row per (setting, backend): the knobs, box_AP / mask_AP (COCO, 0-1; None when not
     evaluated) on cfg.data's val split with their `matches` (see `ap_differences`), latency
-    at batch 1 (`latency_stats` of `interleaved_times`: median and quartiles, ms), params_M.
+    at batch 1 (`latency_stats` of `times_by_runtime`: median and quartiles, ms), params_M.
 
     `weights`: a .pdparams path or state dict (None: random weights, latency only makes sense).
     ONNX files go to `export_dir` (default: a temporary folder).
@@ -348,8 +348,10 @@ def query_study(cfg: Config, settings: Sequence[Dict[str, int]], weights: Weight
             rows.append({**common, "backend": backend, **score_predictor(predict, loader)})
             timers.append(lambda p=predict: p(inputs))
             log(_row_line(rows[-1]))
-    for row, times in zip(rows, interleaved_times(timers, runs, warmup)):
-        row.update(latency_stats(times))
+    # the settings of one backend take turns; one backend after the other (export.benchmark)
+    times = times_by_runtime(dict(enumerate(timers)), lambda k: rows[k]["backend"], runs, warmup)
+    for k, row in enumerate(rows):
+        row.update(latency_stats(times[k]))
     return rows
 
 

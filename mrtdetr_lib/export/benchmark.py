@@ -1,17 +1,28 @@
 """The latency protocol, the one way the course and its benchmarks time anything.
 
-How: `warmup` untimed calls, then `runs` timed ones (`timed`); several things compared are timed
-in interleaved rounds, one call each per round in a rotating order (`interleaved_times`), so a
-burst of other work on the machine lands on all of them alike. What is reported: the median and
-the quartiles (`latency_stats`; `latency_record` adds the machine, the library versions and the
-counts, so a reader can reproduce the line). Used by the chapters (05, 06 through
-`course.query_study` and `course.deploy`), `mrtdetr deploy --run_benchmark` and `bench/`."""
+How: `warmup` untimed calls, then `runs` timed ones (`timed`). Several predictors of one runtime
+are timed in interleaved rounds, one call each per round in a rotating order
+(`interleaved_times`), so a burst of other work on the machine lands on all of them alike.
+Predictors of different runtimes (paddle eager, Paddle Inference, ONNX Runtime, OpenVINO) are
+not interleaved but timed one runtime after another (`times_by_runtime`): a runtime's worker
+threads can stay busy after its call and slow the next runtime's (ONNX Runtime's spinning, now
+off in `OnnxPredictor`, slowed paddle by about a third; bench/bench_timing.py once read ONNX
+Runtime at 5.6 ms alone and 7.3-8.9 ms in turns with eager and OpenVINO, but a second run
+could not tell the two apart).
+What is reported: the median and the quartiles (`latency_stats`; `latency_record` adds the
+machine, the library versions and the counts, so a reader can reproduce the line). Compare
+only what one run timed: on this project's machine, a VM on shared hardware, the same ONNX
+Runtime file read 5.6 ms in one run and 9.0-10.2 ms twenty minutes later with nothing else
+running in the VM, while each run's quartiles stayed within about 1 ms.
+Used by the chapters (02; 05, 06 through `course.query_study` and `course.deploy`),
+`mrtdetr deploy --run_benchmark` and `bench/`."""
 
 import os
 import platform
+import re
 import time
 from importlib import metadata
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, Hashable, List, Sequence, TypeVar
 
 import numpy as np
 
@@ -65,6 +76,29 @@ def interleaved_times(predictors: Sequence[Callable[[], Any]], runs: int = 20,
         for k in np.roll(np.arange(len(predictors)), run):
             times[k, run] = 1000 * timed(predictors[k], 0, 1)[0]
     return times
+
+
+Key = TypeVar("Key", bound=Hashable)
+
+
+def runtime(backend: str) -> str:
+    """The runtime of a backend name, the part before its first - or _: "ort_int8" -> "ort",
+    "openvino-bf16" -> "openvino", "eager" -> "eager"."""
+    return re.split(r"[-_]", backend)[0]
+
+
+def times_by_runtime(predictors: Dict[Key, Callable[[], Any]], runtime_of: Callable[[Key], str],
+                     runs: int = 20, warmup: int = 2) -> Dict[Key, np.ndarray]:
+    """Milliseconds [runs] per predictor: those of one runtime (`runtime_of(key)`) timed in
+    interleaved rounds, one runtime after another, in the order the keys first name them."""
+    groups: Dict[str, List[Key]] = {}
+    for key in predictors:
+        groups.setdefault(runtime_of(key), []).append(key)
+    times: Dict[Key, np.ndarray] = {}
+    for keys in groups.values():
+        rows = interleaved_times([predictors[key] for key in keys], runs, warmup)
+        times.update(zip(keys, rows))
+    return {key: times[key] for key in predictors}
 
 
 def quartiles_ms(times_ms: Sequence[float]) -> np.ndarray:

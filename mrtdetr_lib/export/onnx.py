@@ -191,7 +191,7 @@ class OnnxPredictor:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.intra_op_num_threads = threads or os.cpu_count() or 1
         # ORT's idle threads spin for a while after each run: measured, that slowed the next
-        # paddle run in the same process by about a third (chapters time backends interleaved)
+        # paddle run in the same process by about a third (one process often runs both)
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(onnx_path), options,
                                             providers=providers or ["CPUExecutionProvider"])
