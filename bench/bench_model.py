@@ -7,6 +7,9 @@ For each (arch, batch): `model_only` times `model(inputs)` on tensors prepared b
 bicubic resize) -> model -> post-processed outputs as numpy. Median over `--runs` after
 `--warmup` runs, at the preset's eval size, random weights (the latency does not depend on
 them). Each configuration runs in a fresh child process, so `peak_mb` (max RSS) is its own.
+`gmacs` counts the multiply-accumulates of the convolutions and linear layers of one forward
+(the bulk of the work; attention's matrix products and the mask head's einsum are not counted):
+latency against the CPU's peak says how far an optimised runtime could still go.
 Prints one JSON line per measurement; never fails on speed. The issue's target on the 2-core
 machine: `l` at 640, batch 1, model_only <= 2.9 s and end_to_end <= 3.6 s (PaddleDetection's
 own eager code there), shown as `target_ms` / `meets_target`.
@@ -43,6 +46,29 @@ def write_images(folder: str, count: int, size=(480, 640)) -> List[str]:
     return paths
 
 
+def count_macs(model, inputs: Dict) -> float:
+    """Multiply-accumulates of the Conv2D and Linear layers in one forward of `inputs`."""
+    import paddle
+
+    total = [0]
+
+    def conv(layer, args, out):  # each output value: in/groups x kh x kw products
+        total[0] += int(np.prod(out.shape)) * int(np.prod(layer.weight.shape[1:]))
+
+    def linear(layer, args, out):  # weight [in, out]: `in` products per output value
+        total[0] += int(np.prod(out.shape)) * layer.weight.shape[0]
+
+    hooks = [layer.register_forward_post_hook(conv if isinstance(layer, paddle.nn.Conv2D)
+                                              else linear)
+             for layer in model.sublayers() if isinstance(layer, (paddle.nn.Conv2D,
+                                                                  paddle.nn.Linear))]
+    with paddle.no_grad():
+        model(inputs)
+    for hook in hooks:
+        hook.remove()
+    return float(total[0])
+
+
 def measure(arch: str, batch: int, warmup: int, runs: int, threads: int) -> List[Dict]:
     """Both measurements of one (arch, batch) in this process -> JSON-ready dicts."""
     import paddle
@@ -72,6 +98,7 @@ def measure(arch: str, batch: int, warmup: int, runs: int, threads: int) -> List
                 return model(prepared)
 
         times_ms = interleaved_times([model_only, end_to_end], runs, warmup)
+        gmacs = round(count_macs(model, prepared) / 1e9, 2)
         results = {"model_only": times_ms[0], "end_to_end": times_ms[1]}
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     lines = []
@@ -80,8 +107,9 @@ def measure(arch: str, batch: int, warmup: int, runs: int, threads: int) -> List
         line = {"what": what, "config": f"{arch} {size[0]}x{size[1]} batch {batch}",
                 "backend": f"paddle {paddle.__version__} eager cpu, {threads} threads",
                 "arch": arch, "batch": batch, "size": list(size), "runs": runs,
-                "median_ms": round(median, 1), "iqr_ms": round(q75 - q25, 1),
-                "min_ms": round(float(min(times)), 1), "peak_mb": round(peak_mb)}
+                "median_ms": round(float(median), 1), "iqr_ms": round(float(q75 - q25), 1),
+                "min_ms": round(float(min(times)), 1), "peak_mb": round(peak_mb),
+                "gmacs": gmacs}
         target = TARGETS_MS.get((arch, batch, size[0]), {}).get(what)
         if target is not None and size[0] == size[1]:
             line.update(target_ms=target, meets_target=line["median_ms"] <= target)

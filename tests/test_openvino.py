@@ -81,6 +81,20 @@ def test_precision_is_checked(course):
         OpenVinoPredictor(files["ort_fp32"].with_name("missing.onnx"))
 
 
+def test_fp32_runs_in_f32_where_openvino_would_pick_bf16(course):
+    """OpenVINO's CPU default precision is bf16 wherever the CPU has it (this project's EPYC
+    does): "fp32" must ask for f32, or it silently runs, and times, bf16."""
+    import openvino as ov
+
+    _, _, files = course
+    compiled = OpenVinoPredictor(files["ort_fp32"], precision="fp32").compiled
+    assert compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32
+    if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        assert ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT") == ov.Type.bf16
+        bf16 = OpenVinoPredictor(files["ort_fp32"], precision="bf16").compiled
+        assert bf16.get_property("INFERENCE_PRECISION_HINT") == ov.Type.bf16
+
+
 def test_openvino_leaves_the_threads_signal_stack_usable(course, tmp_path):
     """Two predictors deleted in the order they were made left the thread's signal stack
     pointing at memory OpenVINO had unmapped; the next SIGCHLD (with paddle's handler, set by a
