@@ -31,7 +31,7 @@ _BASE = "https://paddledet.bj.bcebos.com/models/mask_rtdetr_hgnetv2_{}_6x_coco.p
 OFFICIAL: Dict[str, Official] = {
     "s": Official(_BASE.format("s"), 46.1, 41.0),
     "m": Official(_BASE.format("m"), 47.6, 42.7),
-    "l": Official(_BASE.format("l"), 51.2, 45.7),
+    "l": Official(_BASE.format("l"), 51.3, 45.7),
     "x": Official(_BASE.format("x"), 53.1, 47.5),
     "h": Official(_BASE.format("h"), 57.4, 50.6),
 }
