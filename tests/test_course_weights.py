@@ -88,6 +88,10 @@ def test_quick_mode_uses_the_shipped_checkpoint_full_mode_its_own_run(tmp_path, 
     given = tmp_path / "mine.pdparams"
     with pytest.raises(FileNotFoundError, match="mine.pdparams"):
         course_weights(given)
+    given.write_bytes(b"")
+    assert course_weights(given) == (given, f"your weights {given}")
+    # the shipped file, passed by its path, is still named as the shipped file
+    assert course_weights(course_checkpoint())[1] == "the shipped course checkpoint"
 
 
 def test_missing_config_is_a_clear_error(tmp_path):

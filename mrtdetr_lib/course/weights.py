@@ -63,6 +63,8 @@ def course_weights(weights: Optional[PathLike] = None) -> Tuple[Path, str]:
     if weights is not None:
         if not Path(weights).is_file():
             raise FileNotFoundError(f"weights file not found: {weights}")
+        if Path(weights).resolve() == course_checkpoint().resolve():
+            return Path(weights), "the shipped course checkpoint"
         return Path(weights), f"your weights {weights}"
     if quick_mode():
         return course_checkpoint(), "the shipped course checkpoint (quick mode)"
