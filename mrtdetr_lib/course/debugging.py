@@ -2,7 +2,7 @@
 
 * a learning rate far too high: the loss climbs instead of falling and AP collapses;
 * class ids off by one (a converter that numbers categories from 1 where the data starts at 0,
-  or the reverse): the masks are right and AP is 0 all the same. COCOeval scored without
+  or the reverse): the masks are right and AP is near 0 all the same. COCOeval scored without
   classes (`useCats=0`) gives the AP back, which points at the labels, not the masks;
 * empty masks (a tool that exports a mask of zeros): the mask terms fall fast towards 0 and
   both APs with them, the box AP too: the varifocal loss trains every score towards the mask
