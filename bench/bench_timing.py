@@ -42,19 +42,16 @@ COMBINATIONS = (
 
 def child(names: List[str], runs: int, export_dir: str, repeat: int) -> None:
     """Time the named predictors interleaved in this process; print one JSON line each."""
-    import numpy as np
+    from bench_deploy import random_inputs  # bench/ is on the path of a script run from it
 
     import mrtdetr_lib.course  # noqa: F401  (sets the process up: quiet paddle, every core)
     from mrtdetr_lib.course import course_checkpoint, load_course_model
     from mrtdetr_lib.course.deploy import build_backends
-    from mrtdetr_lib.data import preprocess
     from mrtdetr_lib.export.benchmark import interleaved_times, latency_stats
 
     model, cfg = load_course_model(course_checkpoint())
     size = tuple(cfg.model.eval_size)
-    noise = np.random.default_rng(0).standard_normal((256, 256, 3))
-    one = preprocess((127 + 60 * noise).clip(0, 255).astype("uint8"), size)
-    feeds = {1: one, 2: {k: np.concatenate([v, v]) for k, v in one.items()}}
+    feeds = {batch: random_inputs(batch, size) for batch in (1, 2)}
     backends = sorted({n.removesuffix("_b2") for n in names})
     predictors, _ = build_backends(model, export_dir, "tiny", batch=1, size=size,
                                    backends=backends)
