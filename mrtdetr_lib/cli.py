@@ -166,7 +166,7 @@ def _infer_args(p: argparse.ArgumentParser) -> None:
                    metavar=("RH", "RW"), help="tile overlap, height and width (default 0.25 0.25)")
     p.add_argument("--combine_method", default="nms", choices=("nms", "nmm", "concat"),
                    help="merge tile duplicates: keep the best, merge them, or keep all")
-    p.add_argument("--match_threshold", type=float, default=0.6,
+    p.add_argument("--match_threshold", type=_fraction, default=0.6,
                    help="mask overlap from which two instances are duplicates (default 0.6)")
     p.add_argument("--match_metric", default="ios", choices=("ios", "iou"),
                    help="overlap measure: intersection over the smaller mask, or IoU")
@@ -266,7 +266,7 @@ def _deploy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image_file", help="one image to run on")
     p.add_argument("--image_dir", help="a folder of images to run on")
     p.add_argument("--run_mode", default="paddle", choices=RUN_MODES)
-    p.add_argument("--threshold", type=float, default=0.5, help="score threshold")
+    p.add_argument("--threshold", type=_fraction, default=0.5, help="score threshold")
     p.add_argument("--run_benchmark", action="store_true",
                    help="time the model on the first image (JSON line: median, IQR, machine)")
     p.add_argument("--cpu_threads", type=int, default=0, help="CPU threads (0: all)")

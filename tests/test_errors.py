@@ -110,6 +110,10 @@ def test_yaml_syntax_error_names_file_and_line(capsys, tmp_path):
      "argument --draw_threshold: must be in [0, 1], got nan"),
     (["export", "-c", CONFIG, "--batch", "-1"], "argument --batch: must be an integer >= 1"),
     (["export", "-c", CONFIG, "--batch", "0"], "argument --batch: must be an integer >= 1"),
+    (["infer", "-c", CONFIG, "--infer_img", "a.jpg", "--slice_infer", "--match_threshold", "6"],
+     "argument --match_threshold: must be in [0, 1], got 6"),
+    (["deploy", "--model_dir", "exports", "--image_file", "a.jpg", "--threshold", "-0.1"],
+     "argument --threshold: must be in [0, 1], got -0.1"),
 ])
 def test_bad_flags_are_refused_before_any_work(capsys, argv, message):
     _one_line(capsys, argv, message)
@@ -122,6 +126,14 @@ def test_export_negative_batch_in_a_fresh_process_says_why():
                           text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "argument --batch: must be an integer >= 1, got -1" in proc.stderr
+
+
+def test_export_without_an_eval_size_says_which_field(capsys, tmp_path):
+    """`model.eval_size=null` (anchors computed on the fly) leaves an export no size to trace."""
+    _one_line(capsys, ["export", "-c", CONFIG, "-o", "weights=course", "model.eval_size=null",
+                       "--output_dir", str(tmp_path)],
+              "model.eval_size is null", "-o model.eval_size=[640,640]")
+    assert not list(tmp_path.iterdir())  # refused before anything was written
 
 
 # ---------------------------------------------------------------- data and weights files

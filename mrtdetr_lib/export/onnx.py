@@ -21,7 +21,7 @@ from typing import Dict, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from ..errors import UserError
-from .paddle import OUTPUTS, check_image, export_inference, staged
+from .paddle import OUTPUTS, check_image, export_inference, staged, trace_size
 
 PathLike = Union[str, Path]
 # paddle2onnx 2.1 writes opset 16 for any lower request (this model needs 16's GridSample...);
@@ -127,7 +127,7 @@ def export_onnx(model, out_dir: PathLike, name: str = "model", batch: int = 1,
     `name_b{batch}_paddle/`. `bake=True` fixes im_shape = size and scale_factor = 1 (the seed's
     trt=True engine input). `dynamic_batch=True` -> `name_bN.onnx`: one file for every batch
     size, baked (so `batch` and `bake` are ignored). Written whole or not at all (`staged`)."""
-    size = list(size or model.transformer.eval_size)
+    size = trace_size(model, size)
     stem = f"{name}_bN" if dynamic_batch else f"{name}_b{batch}"
     with staged(Path(out_dir) / f"{stem}.onnx") as stage:
         inference_dir = export_inference(model, stage / f"{stem}_paddle",

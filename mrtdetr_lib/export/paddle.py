@@ -101,14 +101,23 @@ def check_inference_model(model_dir: Path) -> None:
                       f"({reason}; disk full?); the earlier export is left as it was") from err
 
 
+def trace_size(model: paddle.nn.Layer, size: Optional[Sequence[int]]) -> list:
+    """The (h, w) an export is traced for: `size`, else the model's eval_size; a clear error
+    when neither is given (a config with `model.eval_size: null` builds such a model)."""
+    size = size or model.transformer.eval_size
+    if not size:
+        raise UserError("an export is traced for one image size and the model has none "
+                        "(model.eval_size is null): set model.eval_size=[H, W], e.g. "
+                        "-o model.eval_size=[640,640], or pass size=(h, w)")
+    return [int(s) for s in size]
+
+
 def export_inference(model: paddle.nn.Layer, out_dir: Union[str, Path], batch: Optional[int] = 1,
                      size: Optional[Sequence[int]] = None) -> Path:
     """Trace `model` (eval mode) for `batch` images of `size` (default: its eval_size) and save
     `out_dir/model.json` + `model.pdiparams`; returns out_dir. `batch=None`: any batch size of
     images that share one original size (the post-process resizes them all at once)."""
-    size = size or model.transformer.eval_size
-    if size is None:
-        raise ValueError("give size=(h, w): the model was built with eval_size=None")
+    size = trace_size(model, size)
     out_dir = Path(out_dir)
     model.eval()
     # to_static replaces the layer's forward in place: trace a copy, so `model` stays eager
