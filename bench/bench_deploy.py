@@ -1,14 +1,15 @@
 """Deployment latency on CPU (and GPU where TensorRT runs): one JSON line per measurement.
 
     python bench/bench_deploy.py [--backends eager paddle-inference ort ort-int8 openvino
-        openvino-bf16 openvino-int8 trt]
+        openvino-bf16 openvino-int8 openvino-int8-bf16 trt]
         [--archs tiny s l] [--queries 300 100] [--batches 1 4] [--runs 10] [--quick] [--int8]
 
 Backends: `eager` (the library model, paddle dynamic graph), `paddle-inference`
 (export.PaddlePredictor on the jit.save'd program), `ort` (export.OnnxPredictor, fp32),
 `ort-int8` (the same ONNX quantised by export.quantize_onnx: int8 convolutions calibrated on
-random images), `openvino`, `openvino-bf16` (where the CPU has bf16) and `openvino-int8` (the
-same two ONNX files in OpenVINO, export.OpenVinoPredictor), `trt` (FP16 TensorRT engine, only
+random images), `openvino`, `openvino-bf16` (where the CPU has bf16), `openvino-int8` and
+`openvino-int8-bf16` (int8 convolutions, the rest in bf16: the same two ONNX files in OpenVINO,
+export.OpenVinoPredictor), `trt` (FP16 TensorRT engine, only
 where `tensorrt_available()` is None; else a `skipped` line with the reason). Each (arch,
 num_queries, batch) is exported once per batch size (fixed-batch exports) into `--exports`
 (default: a temporary folder). Inputs are random at the preset's eval size; the weights are
@@ -38,9 +39,9 @@ import mrtdetr_lib as mrt
 from mrtdetr_lib.export.benchmark import latency_record, runtime, times_by_runtime
 
 BACKENDS = ("eager", "paddle-inference", "ort", "ort-int8", "openvino", "openvino-bf16",
-            "openvino-int8", "trt")
+            "openvino-int8", "openvino-int8-bf16", "trt")
 FP32 = ("paddle-inference", "ort", "openvino", "trt")
-INT8 = ("ort-int8", "openvino-int8")
+INT8 = ("ort-int8", "openvino-int8", "openvino-int8-bf16")
 TARGET_FASTEST_MS = {("l", 640, 1, 300): {"fp32": 300, "int8": 180}}
 TINY_QUERIES = {300: 100, 100: 50}  # tiny's preset has 100 queries: its own, and fewer
 TARGET_ORT_MS = {("l", 640, 1, 300): 800}
@@ -107,10 +108,11 @@ def openvino_predictors(backends: List[str], onnx_path, int8_path, threads: int
     out: Dict[str, Callable] = {}
     for backend, path, precision in (("openvino", onnx_path, "fp32"),
                                      ("openvino-bf16", onnx_path, "bf16"),
-                                     ("openvino-int8", int8_path, "int8")):
+                                     ("openvino-int8", int8_path, "int8"),
+                                     ("openvino-int8-bf16", int8_path, "int8_bf16")):
         if backend not in backends:
             continue
-        if precision == "bf16" and not bf16_available():
+        if precision.endswith("bf16") and not bf16_available():
             out[backend] = "this CPU has no bfloat16 (OpenVINO's OPTIMIZATION_CAPABILITIES)"
         else:
             out[backend] = OpenVinoPredictor(path, threads=threads, precision=precision)

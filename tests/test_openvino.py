@@ -1,5 +1,6 @@
-"""OpenVINO (fp32, bf16, int8 on the QDQ file) against eager on the course checkpoint: the same
-detections, boxes within rounding, and AP on shapes val images beside the other backends."""
+"""OpenVINO (fp32, bf16, int8 and int8 + bf16 on the QDQ file) against eager on the course
+checkpoint: the same detections, boxes within rounding, and AP on shapes val images beside the
+other backends."""
 
 import dataclasses
 import subprocess
@@ -15,11 +16,13 @@ from mrtdetr_lib.data import build_loader, preprocess, read_image
 from mrtdetr_lib.export.openvino import OpenVinoPredictor, bf16_available
 
 SHAPES = Path(__file__).resolve().parents[1] / "dataset" / "shapes"
-BACKENDS = ["eager", "ort_fp32", "openvino_fp32", "openvino_bf16", "openvino_int8"]
+BACKENDS = ["eager", "ort_fp32", "openvino_fp32", "openvino_bf16", "openvino_int8",
+            "openvino_int8_bf16"]
 # box tolerance in pixels (224 x 224 images): fp32 is float rounding; bf16 keeps 8 bits of
 # mantissa (measured 0.22 px), int8 256 levels per activation (measured 3.4 px, calibrated on
 # 4 images: 2% of the image)
-BOX_ATOL = {"openvino_fp32": 1e-3, "openvino_bf16": 1.0, "openvino_int8": 5.0}
+BOX_ATOL = {"openvino_fp32": 1e-3, "openvino_bf16": 1.0, "openvino_int8": 5.0,
+            "openvino_int8_bf16": 5.0}
 THRESHOLD = 0.5
 
 pytestmark = pytest.mark.skipif(not (SHAPES / "val").is_dir(),
@@ -68,9 +71,24 @@ def test_ap_beside_the_other_backends(course):
     for backend in ("ort_fp32", "openvino_fp32"):
         assert abs(by_backend[backend]["mask_difference"]) < 1e-3, backend
         assert abs(by_backend[backend]["box_difference"]) < 1e-3, backend
-    for backend in ("openvino_bf16", "openvino_int8"):
+    for backend in ("openvino_bf16", "openvino_int8", "openvino_int8_bf16"):
         if backend in by_backend:
             assert abs(by_backend[backend]["mask_difference"]) < 0.03, backend
+
+
+def test_outputs_are_the_callers_own(course):
+    """The predictor hands back infer()'s arrays without a second copy: a later call must not
+    write into them (OpenVINO reuses its request's output buffers)."""
+    cfg, _, files = course
+    predictor = OpenVinoPredictor(files["openvino_fp32"], threads=1)
+    images = sorted((SHAPES / "val").iterdir())[:2]
+    first = predictor(preprocess(read_image(str(images[0])), cfg.model.eval_size))
+    kept = {k: v.copy() for k, v in first.items()}
+    second = predictor(preprocess(read_image(str(images[1])), cfg.model.eval_size))
+    assert not np.array_equal(first["bbox"], second["bbox"])
+    for name, array in first.items():
+        np.testing.assert_array_equal(array, kept[name], err_msg=name)
+        assert not np.shares_memory(array, second[name]), name
 
 
 def test_precision_is_checked(course):
@@ -93,6 +111,19 @@ def test_fp32_runs_in_f32_where_openvino_would_pick_bf16(course):
         assert ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT") == ov.Type.bf16
         bf16 = OpenVinoPredictor(files["ort_fp32"], precision="bf16").compiled
         assert bf16.get_property("INFERENCE_PRECISION_HINT") == ov.Type.bf16
+    int8 = OpenVinoPredictor(files["openvino_int8"], precision="int8").compiled
+    assert int8.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32  # the rest in f32
+
+
+def test_bf16_kinds_are_refused_where_the_cpu_has_no_bf16(course, monkeypatch):
+    from mrtdetr_lib.export import openvino
+
+    _, _, files = course
+    monkeypatch.setattr(openvino, "cpu_capabilities", lambda: ["FP32", "INT8"])
+    with pytest.raises(RuntimeError, match="no bfloat16 support.*use 'int8'"):
+        OpenVinoPredictor(files["openvino_int8"], precision="int8_bf16")
+    with pytest.raises(RuntimeError, match="no bfloat16 support.*use 'fp32'"):
+        OpenVinoPredictor(files["ort_fp32"], precision="bf16")
 
 
 def test_openvino_leaves_the_threads_signal_stack_usable(course, tmp_path):

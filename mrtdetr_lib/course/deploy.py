@@ -5,8 +5,8 @@
 * ONNX Runtime fp32: the paddle2onnx export (`export.OnnxPredictor`);
 * ONNX Runtime int8: the same ONNX file quantised statically (`export.quantize_onnx`, QDQ,
   calibrated on training images by `export.calibration_inputs`);
-* OpenVINO fp32, bf16 (where the CPU has it) and int8 (`export.OpenVinoPredictor`) on the same
-  two ONNX files.
+* OpenVINO fp32, bf16 (where the CPU has it), int8 and int8 + bf16 (int8 convolutions, the
+  rest in bf16; `export.OpenVinoPredictor`) on the same two ONNX files.
 
 `build_backends` exports once per batch size and returns a predictor per backend, all with the
 same contract (numpy feeds in, numpy `bbox`/`bbox_num`/`mask` out); `compare_backends` scores
@@ -39,11 +39,11 @@ from .query_study import bootstrap_ap, eager_predictor, numpy_inputs, score_pred
 PathLike = Union[str, Path]
 Predictor = Callable[[Dict[str, Any]], Dict[str, np.ndarray]]
 BACKENDS = ("eager", "paddle_inference", "ort_fp32", "ort_int8", "openvino_fp32",
-            "openvino_bf16", "openvino_int8")
+            "openvino_bf16", "openvino_int8", "openvino_int8_bf16")
 NAMES = {"eager": "paddle eager", "paddle_inference": "Paddle Inference",
          "ort_fp32": "ONNX Runtime fp32", "ort_int8": "ONNX Runtime int8",
          "openvino_fp32": "OpenVINO fp32", "openvino_bf16": "OpenVINO bf16",
-         "openvino_int8": "OpenVINO int8"}
+         "openvino_int8": "OpenVINO int8", "openvino_int8_bf16": "OpenVINO int8 + bf16"}
 
 
 def build_backends(model: Any, out_dir: PathLike, name: str = "model", batch: int = 1,
@@ -63,8 +63,8 @@ def build_backends(model: Any, out_dir: PathLike, name: str = "model", batch: in
     onnx_path = export_onnx(copy.deepcopy(model), out_dir, name, batch, size)
     files = {"paddle_inference": beside(onnx_path, "_paddle"), "ort_fp32": onnx_path,
              "openvino_fp32": onnx_path, "openvino_bf16": onnx_path}
-    if {"ort_int8", "openvino_int8"} & set(backends):
-        files["ort_int8"] = files["openvino_int8"] = quantize_onnx(
+    if {"ort_int8", "openvino_int8", "openvino_int8_bf16"} & set(backends):
+        files["ort_int8"] = files["openvino_int8"] = files["openvino_int8_bf16"] = quantize_onnx(
             onnx_path, beside(onnx_path, "_int8.onnx"),
             calibration_inputs(calibration_images, onnx_path))
     predictors: Dict[str, Predictor] = {}
@@ -77,7 +77,7 @@ def build_backends(model: Any, out_dir: PathLike, name: str = "model", batch: in
             predictors[backend] = on_batches(OnnxPredictor(files[backend], threads=threads))
         else:
             predictors[backend] = on_batches(OpenVinoPredictor(
-                files[backend], threads=threads, precision=backend.split("_")[1]))
+                files[backend], threads=threads, precision=backend[len("openvino_"):]))
     return predictors, {k: v for k, v in files.items() if k in backends}
 
 
