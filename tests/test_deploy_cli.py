@@ -41,8 +41,13 @@ def folders(tmp_path_factory):
             _export(root / "baked", "--dynamic_batch"))
 
 
-@pytest.mark.parametrize("run_mode", ["paddle", "ort", "ort_int8", "openvino"])
+@pytest.mark.parametrize("run_mode", ["paddle", "ort", "ort_int8", "openvino", "openvino_int8",
+                                      "openvino_int8_bf16"])
 def test_every_cpu_run_mode_draws_and_writes_coco_results(folders, tmp_path, run_mode, capsys):
+    from mrtdetr_lib.export.openvino import bf16_available
+
+    if run_mode.endswith("bf16") and not bf16_available():
+        pytest.skip("this CPU has no bfloat16")
     images, unbaked, _ = folders
     out = tmp_path / run_mode
     code = main(["deploy", "--model_dir", str(unbaked), "--image_dir", str(images),

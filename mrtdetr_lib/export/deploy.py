@@ -27,9 +27,11 @@ from .tensorrt import TrtPredictor, build_trt_engine, tensorrt_available
 
 PathLike = Union[str, Path]
 INFER_CFG = "infer_cfg.json"
-RUN_MODES = ("paddle", "ort", "ort_int8", "openvino", "trt_fp16")
+RUN_MODES = ("paddle", "ort", "ort_int8", "openvino", "openvino_int8", "openvino_int8_bf16",
+             "trt_fp16")
 # run mode -> the infer_cfg "files" entry it runs
 MODE_FILES = {"paddle": "paddle", "ort": "onnx", "ort_int8": "onnx_int8", "openvino": "onnx",
+              "openvino_int8": "onnx_int8", "openvino_int8_bf16": "onnx_int8",
               "trt_fp16": "onnx"}
 OUTPUT_CONTRACT = {
     "bbox": "[N, 6] float32: label, score, x1, y1, x2, y2 in original-image pixels",
@@ -84,8 +86,9 @@ def load_deployed(model_dir: PathLike, run_mode: str, threads: int = 0) -> Calla
         predictor = TrtPredictor(build_trt_engine(path, fp16=True))
     elif run_mode == "paddle":
         predictor = PaddlePredictor(path, threads=threads)
-    elif run_mode == "openvino":
-        predictor = OpenVinoPredictor(path, threads=threads)
+    elif run_mode.startswith("openvino"):  # fp32, int8, or int8 with the rest in bf16
+        precision = run_mode[len("openvino_"):] or "fp32"
+        predictor = OpenVinoPredictor(path, threads=threads, precision=precision)
     else:
         predictor = OnnxPredictor(path, threads=threads)
     # baked (the image its only input; --trt bakes the ONNX file, not the Paddle program)
