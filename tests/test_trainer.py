@@ -23,7 +23,7 @@ from mrtdetr_lib.data import SeededBatchSampler
 from mrtdetr_lib.engine import Trainer, build_optimizer
 from mrtdetr_lib.engine.checkpoint import atomic_save
 from mrtdetr_lib.engine.ema import ModelEMA, ramped_decay
-from mrtdetr_lib.engine.log import plot_log, read_log
+from mrtdetr_lib.engine.log import logged_steps, plot_log, read_log, write_log
 from mrtdetr_lib.engine.optim import lr_factor
 from mrtdetr_lib.weights import read_state_dict
 
@@ -561,3 +561,13 @@ def test_backbone_weights_start_the_backbone_from_a_local_file(shapes, tmp_path)
     with pytest.raises(FileNotFoundError, match="nowhere.pdparams"):
         Trainer(_tiny_cfg(shapes, tmp_path / "out2", backbone_weights="nowhere.pdparams"),
                 progress=False)
+
+
+def test_a_shipped_log_keeps_the_logged_steps_and_every_evaluation(tmp_path):
+    records = [{"kind": "train", "step": s, "loss": 1.0 / s} for s in range(1, 8)]
+    records.insert(4, {"kind": "eval", "step": 5, "mask_AP": 0.5})
+    path = tmp_path / "shipped" / "train_log.jsonl"
+    path.parent.mkdir()
+    write_log(path, logged_steps(records, every=3))
+    assert [(r["kind"], r["step"]) for r in read_log(str(path))] == [
+        ("train", 3), ("eval", 5), ("train", 6)]

@@ -24,6 +24,7 @@ from ..config import Config, get_config, load_config, save_config
 from ..data import build_loader
 from ..data.convert import convert
 from ..engine import Trainer, evaluate_predictor, read_log, summary
+from ..engine.log import logged_steps, write_log
 from ..export import OnnxPredictor, beside, calibration_inputs, export_onnx, quantize_onnx
 from ..files import atomic_write
 from ..model.detr import build_model
@@ -226,10 +227,8 @@ def ship_finetuned(trainer: Trainer, result: Dict[str, Any], out: Path = FINETUN
     weights.chmod(0o644)  # safetensors writes 0600; the package is read by everyone
     save_config(trainer.cfg, str(out / "config.yml"))
     log = Path(trainer.cfg.train.output_dir) / "train_log.jsonl"
-    every = trainer.cfg.train.log_iter  # the logged steps and every evaluation: a smaller file
-    text = "".join(json.dumps(r) + "\n" for r in read_log(str(log))
-                   if r["kind"] != "train" or r["step"] % every == 0)
-    atomic_write(out / "train_log.jsonl", lambda tmp: Path(tmp).write_text(text))
+    write_log(out / "train_log.jsonl", logged_steps(read_log(str(log)),
+                                                    trainer.cfg.train.log_iter))
     meta = json.dumps(result, indent=1) + "\n"
     atomic_write(out / "meta.json", lambda tmp: Path(tmp).write_text(meta))
     return weights

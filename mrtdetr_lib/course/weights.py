@@ -26,7 +26,7 @@ from ..data import build_dataset
 from ..data.shapes import make_shapes
 from ..engine import Trainer
 from ..engine.evaluator import evaluate, summary
-from ..engine.log import read_log, save_curves
+from ..engine.log import logged_steps, read_log, save_curves, write_log
 from ..files import atomic_write
 from ..model.detr import build_model
 from ..weights import COURSE_CHECKPOINT, load_pretrained, save_safetensors
@@ -129,11 +129,10 @@ def ship(configs: Sequence[PathLike] = RECIPE, out_dir: PathLike = SHIPPED) -> D
     kept, offset = [], 0
     for stage, (cfg, run) in enumerate(zip(cfgs, runs), 1):
         records = read_log(str(run / "train_log.jsonl"))
-        kept += [{**r, "step": r["step"] + offset, "stage": stage} for r in records
-                 if r["kind"] != "train" or r["step"] % cfg.train.log_iter == 0]
+        kept += [{**r, "step": r["step"] + offset, "stage": stage}
+                 for r in logged_steps(records, cfg.train.log_iter)]
         offset += max(r["step"] for r in records)
-    log_text = "".join(json.dumps(r) + "\n" for r in kept)  # a kill never leaves half a file
-    atomic_write(out_dir / "train_log.jsonl", lambda tmp: Path(tmp).write_text(log_text))
+    write_log(out_dir / "train_log.jsonl", kept)
     save_curves(str(out_dir / "train_log.jsonl"), str(out_dir / "curves.png"),
                 smooth=cfgs[-1].train.log_iter)
     model, cfg = load_course_model(weights)
@@ -169,10 +168,8 @@ def ship_early(steps: int = 450, dataset_dir: PathLike = ROOT / "dataset" / "sha
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = save_safetensors(trainer.weights(), out_dir / EARLY.name)
     weights.chmod(0o644)
-    log = [r for r in read_log(str(Path(cfg.train.output_dir) / "train_log.jsonl"))
-           if r["step"] % cfg.train.log_iter == 0]  # the logged steps: a smaller file
-    log_text = "".join(json.dumps(r) + "\n" for r in log)
-    atomic_write(out_dir / "train_log.jsonl", lambda tmp: Path(tmp).write_text(log_text))
+    write_log(out_dir / "train_log.jsonl", logged_steps(
+        read_log(str(Path(cfg.train.output_dir) / "train_log.jsonl")), cfg.train.log_iter))
     for part, field in ((cfg.data, "dataset_dir"), (cfg.train, "output_dir")):
         path = Path(getattr(part, field))  # saved relative to the project when inside it
         if path.is_absolute() and path.is_relative_to(ROOT):

@@ -30,9 +30,20 @@ class JsonLinesLog:
         forgets the steps done after its checkpoint (they are done again)."""
         if not os.path.exists(self.path):
             return
-        kept = [r for r in read_log(self.path) if r.get("step", 0) <= step] if step else []
-        text = "".join(json.dumps(r) + "\n" for r in kept)
-        atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
+        write_log(self.path, [r for r in read_log(self.path)
+                              if r.get("step", 0) <= step] if step else [])
+
+
+def write_log(path: Union[str, Path], records: Iterable[Record]) -> None:
+    """Write `records` as a JSON-lines log, whole or not at all: a kill never leaves half."""
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def logged_steps(records: Iterable[Record], every: int) -> List[Record]:
+    """What a shipped log keeps: the train records of every `every`-th step (the steps the
+    trainer printed) and every other record (the evaluations): a smaller file, same curves."""
+    return [r for r in records if r["kind"] != "train" or r["step"] % every == 0]
 
 
 def read_log(path: str) -> List[Record]:
