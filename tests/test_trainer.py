@@ -19,11 +19,12 @@ import pytest
 
 import mrtdetr_lib as mrt
 from mrtdetr_lib.course.training import WeightTrace, global_grad_norm, lr_multipliers
+from mrtdetr_lib.course.weights import logged_steps
 from mrtdetr_lib.data import SeededBatchSampler
 from mrtdetr_lib.engine import Trainer, build_optimizer
 from mrtdetr_lib.engine.checkpoint import atomic_save
 from mrtdetr_lib.engine.ema import ModelEMA, ramped_decay
-from mrtdetr_lib.engine.log import logged_steps, plot_log, read_log, write_log
+from mrtdetr_lib.engine.log import plot_log, read_log, write_log
 from mrtdetr_lib.engine.optim import lr_factor
 from mrtdetr_lib.weights import read_state_dict
 

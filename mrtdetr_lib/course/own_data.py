@@ -24,12 +24,13 @@ from ..config import Config, get_config, load_config, save_config
 from ..data import build_loader
 from ..data.convert import convert
 from ..engine import Trainer, evaluate_predictor, read_log, summary
-from ..engine.log import logged_steps, write_log
+from ..engine.log import write_log
 from ..export import OnnxPredictor, beside, calibration_inputs, export_onnx, quantize_onnx
 from ..files import atomic_write
 from ..model.detr import build_model
 from ..weights import COURSE_CHECKPOINT, load_pretrained, save_safetensors
 from .deploy import on_batches
+from .weights import logged_steps
 
 PathLike = Union[str, Path]
 SHIPPED_NUCLEI = Path(__file__).resolve().parent / "data" / "nuclei"

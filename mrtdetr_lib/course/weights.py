@@ -17,7 +17,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import paddle
 
@@ -26,7 +26,7 @@ from ..data import build_dataset
 from ..data.shapes import make_shapes
 from ..engine import Trainer
 from ..engine.evaluator import evaluate, summary
-from ..engine.log import logged_steps, read_log, save_curves, write_log
+from ..engine.log import Record, read_log, save_curves, write_log
 from ..files import atomic_write
 from ..model.detr import build_model
 from ..weights import COURSE_CHECKPOINT, load_pretrained, save_safetensors
@@ -107,6 +107,12 @@ def score(model: paddle.nn.Layer, cfg: Config, dataset_dir: PathLike,
     data_cfg = dataclasses.replace(cfg.data, dataset_dir=str(dataset_dir), max_images=max_images)
     data = build_dataset(data_cfg, "val", cfg.model.eval_size)
     return summary(evaluate(model, data, progress=False))
+
+
+def logged_steps(records: Sequence[Record], every: int) -> List[Record]:
+    """What a shipped log keeps: the train records of every `every`-th step (the steps the
+    trainer printed) and every other record (the evaluations): a smaller file, same curves."""
+    return [r for r in records if r["kind"] != "train" or r["step"] % every == 0]
 
 
 def ship(configs: Sequence[PathLike] = RECIPE, out_dir: PathLike = SHIPPED) -> Dict[str, object]:

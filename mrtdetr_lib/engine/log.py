@@ -40,12 +40,6 @@ def write_log(path: Union[str, Path], records: Iterable[Record]) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
-def logged_steps(records: Iterable[Record], every: int) -> List[Record]:
-    """What a shipped log keeps: the train records of every `every`-th step (the steps the
-    trainer printed) and every other record (the evaluations): a smaller file, same curves."""
-    return [r for r in records if r["kind"] != "train" or r["step"] % every == 0]
-
-
 def read_log(path: str) -> List[Record]:
     """The records of a `train_log.jsonl` (a torn last line from a kill is skipped)."""
     records = []
