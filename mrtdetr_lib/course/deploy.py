@@ -33,6 +33,7 @@ from ..export import (
     quantize_onnx,
 )
 from ..export.benchmark import latency_stats, runtime, times_by_runtime
+from ..export.openvino import precision_of
 from ..infer import to_instances
 from .query_study import bootstrap_ap, eager_predictor, numpy_inputs, score_predictor
 
@@ -77,7 +78,7 @@ def build_backends(model: Any, out_dir: PathLike, name: str = "model", batch: in
             predictors[backend] = on_batches(OnnxPredictor(files[backend], threads=threads))
         else:
             predictors[backend] = on_batches(OpenVinoPredictor(
-                files[backend], threads=threads, precision=backend[len("openvino_"):]))
+                files[backend], threads=threads, precision=precision_of(backend)))
     return predictors, {k: v for k, v in files.items() if k in backends}
 
 

@@ -21,7 +21,7 @@ from ..errors import UserError
 from ..infer import Predictor
 from .benchmark import latency_record
 from .onnx import OnnxPredictor
-from .openvino import OpenVinoPredictor
+from .openvino import OpenVinoPredictor, precision_of
 from .paddle import PaddlePredictor
 from .tensorrt import TrtPredictor, build_trt_engine, tensorrt_available
 
@@ -87,8 +87,7 @@ def load_deployed(model_dir: PathLike, run_mode: str, threads: int = 0) -> Calla
     elif run_mode == "paddle":
         predictor = PaddlePredictor(path, threads=threads)
     elif run_mode.startswith("openvino"):  # fp32, int8, or int8 with the rest in bf16
-        precision = run_mode[len("openvino_"):] or "fp32"
-        predictor = OpenVinoPredictor(path, threads=threads, precision=precision)
+        predictor = OpenVinoPredictor(path, threads=threads, precision=precision_of(run_mode))
     else:
         predictor = OnnxPredictor(path, threads=threads)
     # baked (the image its only input; --trt bakes the ONNX file, not the Paddle program)

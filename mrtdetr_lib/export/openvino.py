@@ -69,6 +69,12 @@ def cpu_capabilities() -> List[str]:
     return list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
 
 
+def precision_of(name: str) -> str:
+    """The precision an OpenVINO backend or run-mode name asks for: "openvino" -> "fp32",
+    "openvino_int8_bf16" -> "int8_bf16" (course backends and `mrtdetr deploy` modes alike)."""
+    return name[len("openvino_"):] if name.startswith("openvino_") else "fp32"
+
+
 def bf16_available() -> bool:
     """True when this CPU computes in bfloat16 natively (OpenVINO reports BF16)."""
     return "BF16" in cpu_capabilities()
