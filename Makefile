@@ -40,7 +40,7 @@ course: venv shapes
 # (a SIGSEGV in CI on 2026-12-02 was OpenVINO's signal stack: export/openvino.py).
 PYTEST := MRTDETR_QUICK=1 PYTHONFAULTHANDLER=1 $(PY) -m pytest -q -p no:cacheprovider tests \
 	notebooks --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 900
-test: venv
+test: venv shapes  # some tests score the quick shapes set (dataset/shapes)
 	$(PYTEST)
 
 # the two stages of the course recipe on 3000 shapes images (stage 2 starts from stage 1's
