@@ -150,3 +150,20 @@ def test_mask_to_box_is_tight_around_two_blobs():
     masks[0, 0, 10:12, 14:18] = True
     boxes = mask_to_box_coordinate(paddle.to_tensor(masks)).numpy()[0, 0]
     np.testing.assert_array_equal(boxes, [3, 2, 18, 12])
+
+
+def test_mask_to_box_of_logits_equals_the_box_of_their_threshold():
+    """Logits go max-then-threshold; the boxes must be those of `logits > 0`, empty masks,
+    single pixels and exact zeros (not inside) included."""
+    rng = np.random.default_rng(3)
+    logits = rng.standard_normal([2, 6, 16, 12]).astype("float32") - 1.5
+    logits[0, 0] = -1.0  # empty
+    logits[0, 1] = 0.0  # all exactly 0: empty too (a pixel is in where > 0)
+    logits[0, 2] = -1.0
+    logits[0, 2, 5, 7] = 1e-30  # one tiny positive pixel
+    logits = paddle.to_tensor(logits)
+    for kwargs in ({}, {"normalize": True, "format": "xywh"}):
+        np.testing.assert_array_equal(mask_to_box_coordinate(logits, **kwargs).numpy(),
+                                      mask_to_box_coordinate(logits > 0, **kwargs).numpy())
+    np.testing.assert_array_equal(mask_to_box_coordinate(logits).numpy()[0, :3],
+                                  [[0, 0, 0, 0], [0, 0, 0, 0], [7, 5, 8, 6]])

@@ -32,7 +32,8 @@ def deformable_attention_core_func(value: paddle.Tensor, spatial_shapes: Sequenc
     sampled = []
     for level, (h, w) in enumerate(spatial_shapes):
         # [B, h*w, heads, c] -> [B*heads, c, h, w]: every head samples its own slice of channels
-        value_l = value_list[level].flatten(2).transpose([0, 2, 1]).reshape(
+        # (as an NHWC -> NCHW transpose: OpenVINO has a fast kernel for that one)
+        value_l = value_list[level].reshape([0, h, w, -1]).transpose([0, 3, 1, 2]).reshape(
             [-1, head_dim, h, w])
         # [B, Q, heads, P, 2] -> [B*heads, Q*P, 1, 2]: one column of points (the same numbers
         # as a [Q, P] grid, and paddle's CPU kernel is twice as fast on it)

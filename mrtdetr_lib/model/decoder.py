@@ -192,7 +192,10 @@ class MaskRTDETRTransformer(nn.Layer):
         memory, spatial_shapes = [], []
         for proj, feat in zip(self.input_proj, feats):
             h, w = feat.shape[2:]
-            memory.append(proj(feat).flatten(2).transpose([0, 2, 1]))  # [B, h*w, D]
+            # NCHW -> NHWC, then flatten (h-major tokens): as flatten(2).transpose([0, 2, 1])
+            # OpenVINO moved the transpose past the concat into each of the six value
+            # projections (6 x 0.9 ms for L); this one it runs once, with a fast kernel
+            memory.append(proj(feat).transpose([0, 2, 3, 1]).flatten(1, 2))  # [B, h*w, D]
             spatial_shapes.append((h, w))
         return paddle.concat(memory, 1), spatial_shapes
 
@@ -241,7 +244,7 @@ class MaskRTDETRTransformer(nn.Layer):
     def mask_enhanced_reference(self, masks: paddle.Tensor) -> paddle.Tensor:
         """Mask logits [B, Q, h, w] -> box logits [B, Q, 4] of each mask's tight box
         (an empty mask gives box 0, i.e. inverse_sigmoid = log(1e-5))."""
-        boxes = mask_to_box_coordinate(masks > 0, normalize=True, format="xywh")
+        boxes = mask_to_box_coordinate(masks, normalize=True, format="xywh")
         return inverse_sigmoid(boxes)
 
     def denoising_group(self, gt_class: Optional[List[paddle.Tensor]] = None,
