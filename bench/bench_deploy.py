@@ -3,6 +3,7 @@
     python bench/bench_deploy.py [--backends eager paddle-inference ort ort-int8 openvino
         openvino-bf16 openvino-int8 openvino-int8-bf16 trt]
         [--archs tiny s l] [--queries 300 100] [--batches 1 4] [--runs 10] [--quick] [--int8]
+        [--profile]
 
 Backends: `eager` (the library model, paddle dynamic graph), `paddle-inference`
 (export.PaddlePredictor on the jit.save'd program), `ort` (export.OnnxPredictor, fp32),
@@ -22,7 +23,9 @@ the order rotating: a change of load hits them alike), one runtime after another
 machine (CPU model, cores, threads) and library versions. Targets on the 2-core machine, l
 at 640, batch 1, 300 queries: `ort` <= 800 ms (PaddleDetection's own export there), `ort-int8`
 >= 1.5x faster than `ort` (`speedup_vs_ort`), the fastest fp32 backend <= 300 ms and the fastest
-int8 one <= 180 ms (the lines with `fastest`).
+int8 one <= 180 ms (the lines with `fastest`). `--profile` compiles the OpenVINO backends with
+their per-node timing on (PERF_COUNT; it costs a little time) and adds a `profile` line for each:
+the time by node type and the slowest nodes with their kernels (`OpenVinoPredictor.node_times`).
 """
 
 import argparse
@@ -67,7 +70,7 @@ def calibration_images(count: int = 2, size=(480, 640)) -> List[np.ndarray]:
 
 
 def predictors(backends: List[str], model, folder: Path, name: str, batch: int,
-               threads: int) -> Dict[str, Callable]:
+               threads: int, profile: bool = False) -> Dict[str, Callable]:
     """backend -> callable(numpy inputs), exporting what the backends need; unavailable -> str."""
     from mrtdetr_lib.export import (
         OnnxPredictor,
@@ -93,15 +96,15 @@ def predictors(backends: List[str], model, folder: Path, name: str, batch: int,
                                   calibration_inputs(calibration_images(), onnx_path))
     if "ort-int8" in backends:
         out["ort-int8"] = OnnxPredictor(int8_path, threads=threads)
-    out.update(openvino_predictors(backends, onnx_path, int8_path, threads))
+    out.update(openvino_predictors(backends, onnx_path, int8_path, threads, profile))
     if "trt" in backends:
         reason = tensorrt_available()
         out["trt"] = reason or trt_predictor(model, folder, name, batch)
     return out
 
 
-def openvino_predictors(backends: List[str], onnx_path, int8_path, threads: int
-                        ) -> Dict[str, Callable]:
+def openvino_predictors(backends: List[str], onnx_path, int8_path, threads: int,
+                        profile: bool = False) -> Dict[str, Callable]:
     """OpenVINO on the fp32 and int8 ONNX files; bf16 where the CPU has it, else a reason."""
     from mrtdetr_lib.export.openvino import OpenVinoPredictor, bf16_available
 
@@ -115,7 +118,8 @@ def openvino_predictors(backends: List[str], onnx_path, int8_path, threads: int
         if precision.endswith("bf16") and not bf16_available():
             out[backend] = "this CPU has no bfloat16 (OpenVINO's OPTIMIZATION_CAPABILITIES)"
         else:
-            out[backend] = OpenVinoPredictor(path, threads=threads, precision=precision)
+            out[backend] = OpenVinoPredictor(path, threads=threads, precision=precision,
+                                             profile=profile)
     return out
 
 
@@ -156,7 +160,7 @@ def measure(arch: str, queries: int, batch: int, args, folder: Path) -> List[Dic
         common["queries_note"] = f"tiny preset has {preset.num_queries} queries: {queries} -> " \
                                  f"{num_queries}"
     runs = predictors(args.backends, model, folder, f"{arch}_q{num_queries}", batch,
-                      args.threads)
+                      args.threads, args.profile)
     lines = [{"backend": b, **common, "skipped": r} for b, r in runs.items() if isinstance(r, str)]
     timed_backends = [b for b, r in runs.items() if not isinstance(r, str)]
     times_ms = times_by_runtime({b: lambda r=runs[b]: r(inputs) for b in timed_backends},
@@ -168,7 +172,22 @@ def measure(arch: str, queries: int, batch: int, args, folder: Path) -> List[Dic
                       "interleaved": [b for b in timed_backends
                                       if runtime(b) == runtime(backend)]})
     add_targets(lines, arch, size[0], batch, num_queries)
+    if args.profile:
+        lines += [profile_line(b, runs[b], inputs, common) for b in timed_backends
+                  if b.startswith("openvino")]
     return lines
+
+
+def profile_line(backend: str, predictor, inputs: Dict[str, np.ndarray], common: Dict,
+                 slowest: int = 12) -> Dict:
+    """OpenVINO's own profile of one backend: ms by node type and the slowest nodes."""
+    from mrtdetr_lib.export.openvino import time_by_type
+
+    rows = predictor.node_times(inputs)
+    by_type = time_by_type(rows)
+    return {"profile": backend, **common, "sum_ms": round(sum(by_type.values()), 1),
+            "by_type_ms": {k: round(v, 1) for k, v in list(by_type.items())[:10]},
+            "slowest": [{**row, "ms": round(row["ms"], 2)} for row in rows[:slowest]]}
 
 
 def add_targets(lines: List[Dict], arch: str, size: int, batch: int, queries: int) -> None:
@@ -209,6 +228,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                         help="CPU threads of every backend (0: env MRTDETR_THREADS, else all)")
     parser.add_argument("--exports", default=None,
                         help="folder for the exports (default: a temporary folder)")
+    parser.add_argument("--profile", action="store_true",
+                        help="OpenVINO's per-node profile of each OpenVINO backend")
     parser.add_argument("--quick", action="store_true",
                         help="tiny, 100 queries, batch 1, few runs (also with MRTDETR_QUICK=1)")
     args = parser.parse_args(argv)

@@ -5,6 +5,11 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
+from mrtdetr_lib.errors import UserError
+from mrtdetr_lib.export.openvino import OpenVinoPredictor
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import bench_deploy  # noqa: E402
 
@@ -19,3 +24,21 @@ def test_quick_run_prints_protocol_lines(capsys):
         assert line["interleaved"] == [line["backend"]] and line["runs"] == 3
         assert line["q25_ms"] <= line["median_ms"] <= line["q75_ms"]
         assert line["machine"]["threads"] == 1 and "openvino" in line["versions"]
+
+
+def test_profile_lines_name_the_slowest_nodes(capsys, tmp_path):
+    assert bench_deploy.main(["--quick", "--backends", "openvino", "--runs", "2", "--threads",
+                              "1", "--profile", "--exports", str(tmp_path)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    timed, profile = lines
+    assert timed["backend"] == "openvino" and profile["profile"] == "openvino"
+    slowest = profile["slowest"]
+    assert slowest and all({"node", "type", "kernel", "ms"} <= set(row) for row in slowest)
+    assert [row["ms"] for row in slowest] == sorted((row["ms"] for row in slowest), reverse=True)
+    # the per-node times add up to about one call (OpenVINO times each node inside it)
+    assert 0 < profile["sum_ms"] <= 2 * timed["q75_ms"]
+    assert sum(profile["by_type_ms"].values()) <= profile["sum_ms"] + 0.1 * len(
+        profile["by_type_ms"])
+    onnx_path = next(tmp_path.glob("*.onnx"))
+    with pytest.raises(UserError, match="profile=True"):
+        OpenVinoPredictor(onnx_path, threads=1).node_times({})

@@ -33,7 +33,7 @@ from ..export import (
     quantize_onnx,
 )
 from ..export.benchmark import latency_stats, runtime, times_by_runtime
-from ..export.openvino import precision_of
+from ..export.openvino import precision_of, time_by_type
 from ..infer import to_instances
 from .query_study import bootstrap_ap, eager_predictor, numpy_inputs, score_predictor
 
@@ -145,6 +145,19 @@ def markdown_latency(rows: Sequence[Dict[str, Any]]) -> str:
         lines.append(f"| {name} | {r['batch']} | {r['latency_ms']:.1f} | "
                      f"{r['latency_q25_ms']:.1f}-{r['latency_q75_ms']:.1f} | "
                      f"{r['ms_per_image']:.1f} | {1000 / r['ms_per_image']:.1f} |")
+    return "\n".join(lines)
+
+
+def markdown_node_times(nodes: Sequence[Dict[str, Any]], top: int = 8) -> str:
+    """Two markdown tables of `OpenVinoPredictor.node_times`: ms by node type, then the `top`
+    slowest nodes with the kernel that ran each."""
+    total = sum(r["ms"] for r in nodes)
+    lines = ["| Node type | ms per call | Share |", "|:---|---:|---:|"]
+    for kind, ms in list(time_by_type(nodes).items())[:top]:
+        lines.append(f"| {kind} | {ms:.2f} | {ms / total:.0%} |")
+    lines += ["", "| Slowest node | Type | Kernel | ms per call |", "|:---|:---|:---|---:|"]
+    for r in nodes[:top]:
+        lines.append(f"| `{r['node'][:48]}` | {r['type']} | {r['kernel']} | {r['ms']:.2f} |")
     return "\n".join(lines)
 
 

@@ -80,15 +80,25 @@ def bf16_available() -> bool:
     return "BF16" in cpu_capabilities()
 
 
+def time_by_type(nodes: List[Dict[str, object]]) -> Dict[str, float]:
+    """`node_times` rows -> ms per call by node type (Convolution, Reorder, ...), largest first."""
+    totals: Dict[str, float] = {}
+    for row in nodes:
+        totals[row["type"]] = totals.get(row["type"], 0.0) + row["ms"]
+    return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
+
+
 class OpenVinoPredictor:
     """OpenVINO CPU on an ONNX export: `predictor(inputs)` -> {bbox, bbox_num, mask}.
 
     `precision`: "fp32", "bf16" (refused where the CPU lacks it), "int8" (give the QDQ file
     of `quantize_onnx`; computed as int8 where the file says so, fp32 elsewhere) or "int8_bf16"
-    (the same, bf16 elsewhere; refused where the CPU lacks bf16).
+    (the same, bf16 elsewhere; refused where the CPU lacks bf16). `profile=True` turns on
+    OpenVINO's own per-node timing, read with `node_times`.
     """
 
-    def __init__(self, onnx_path: PathLike, threads: int = 0, precision: str = "fp32"):
+    def __init__(self, onnx_path: PathLike, threads: int = 0, precision: str = "fp32",
+                 profile: bool = False):
         import openvino as ov
 
         if precision not in PRECISIONS:
@@ -104,8 +114,9 @@ class OpenVinoPredictor:
         # f32 spelt out: on AMX/AVX512_BF16 CPUs OpenVINO's default would be bf16
         config = {"INFERENCE_NUM_THREADS": threads or os.cpu_count() or 1,
                   "PERFORMANCE_HINT": "LATENCY",
-                  "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32"}
-        self.precision = precision
+                  "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32",
+                  "PERF_COUNT": profile}  # per-node times for `node_times`
+        self.precision, self.profile = precision, profile
         with keep_signal_stack():
             self.compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", config)
             self.request = self.compiled.create_infer_request()
@@ -122,3 +133,19 @@ class OpenVinoPredictor:
         # its default), so these are the caller's arrays: a second copy of L's 100 masks of
         # 640 x 640 int32 (164 MB) cost about 30 ms a call
         return {name: results[self.compiled.output(name)] for name in OUTPUTS}
+
+    def node_times(self, inputs: Dict[str, np.ndarray], runs: int = 5) -> List[Dict[str, object]]:
+        """OpenVINO's per-node profile over `runs` calls, slowest first: [{node, type, kernel,
+        ms}] (ms per call). The kernel names the implementation: "jit_*", "brgemm_*" and
+        "brgconv_*" are the fast ones; "ref_*" and "unknown_*" are generic fallbacks."""
+        if not self.profile:
+            raise UserError("node_times needs OpenVinoPredictor(..., profile=True)")
+        totals: Dict[str, Dict[str, object]] = {}
+        for _ in range(runs):
+            self(inputs)
+            for info in self.request.profiling_info:
+                row = totals.setdefault(info.node_name, {
+                    "node": info.node_name, "type": info.node_type, "kernel": info.exec_type,
+                    "ms": 0.0})
+                row["ms"] += info.real_time.total_seconds() * 1e3 / runs
+        return sorted(totals.values(), key=lambda row: -row["ms"])
