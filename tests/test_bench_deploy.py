@@ -35,10 +35,10 @@ def test_profile_lines_name_the_slowest_nodes(capsys, tmp_path):
     slowest = profile["slowest"]
     assert slowest and all({"node", "type", "kernel", "ms"} <= set(row) for row in slowest)
     assert [row["ms"] for row in slowest] == sorted((row["ms"] for row in slowest), reverse=True)
-    # the per-node times add up to about one call (OpenVINO times each node inside it)
-    assert 0 < profile["sum_ms"] <= 2 * timed["q75_ms"]
-    assert sum(profile["by_type_ms"].values()) <= profile["sum_ms"] + 0.1 * len(
-        profile["by_type_ms"])
+    # no comparison with the timed median: the profile runs later, and times are not asserted
+    by_type = list(profile["by_type_ms"].values())
+    assert profile["sum_ms"] > 0 and by_type == sorted(by_type, reverse=True)
+    assert sum(by_type) <= profile["sum_ms"] + 0.1 * len(by_type)  # each rounded to 0.1
     onnx_path = next(tmp_path.glob("*.onnx"))
     with pytest.raises(UserError, match="profile=True"):
         OpenVinoPredictor(onnx_path, threads=1).node_times({})
