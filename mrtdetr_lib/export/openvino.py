@@ -10,7 +10,8 @@ for the CPU with the LATENCY hint (one stream: all threads on one request, batch
   precision transformations), so one calibrated file serves both runtimes; the rest in f32;
 * int8_bf16: the same file with the rest (the decoder's linears, attention, the mask head) in
   bf16, where the CPU has it: on L at 640 on a 2-core AMX Xeon the fastest CPU path measured
-  (OpenVINO's profile: 247 ms -> 200 ms; the int8 convolutions themselves take 28 ms).
+  (178 ms in `bench/bench_deploy.py`; the int8 convolutions themselves take about 30 ms).
+`profile=True` + `node_times` give OpenVINO's own time per node, to see where the rest goes.
 Same contract as the other predictors: `predictor(inputs)` -> {bbox, bbox_num, mask} (numpy).
 """
 
