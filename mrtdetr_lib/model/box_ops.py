@@ -48,8 +48,8 @@ def mask_to_box_coordinate(masks: paddle.Tensor, normalize: bool = False,
     h, w = masks.shape[-2:]
     # Which columns / rows hold a pixel: the same box as ppdet's per-pixel min/max over H*W,
     # from [.., W] + [.., H] numbers (20x faster for 300 masks of 160x160). Logits: the max
-    # first, then the threshold (`any(x > 0) == max(x) > 0`): no [B, N, H, W] 0/1 tensor, which
-    # OpenVINO spent 8 ms on for L's 300 masks (a reorder, the compare, a slow cast)
+    # first, then the threshold (`any(x > 0) == max(x) > 0`): no [B, N, H, W] 0/1 tensor (for
+    # L's 300 masks OpenVINO spent about 3 ms on its compare and a cast on a generic kernel)
     if masks.dtype == paddle.bool:
         cols, rows = masks.any(axis=-2), masks.any(axis=-1)  # [B, N, W], [B, N, H]
     else:
