@@ -132,8 +132,10 @@ class MaskDINOLoss(nn.Layer):
         (ppdet's loop): every step below is one operator over all of them.
         """
         if self.aux_loss:  # ppdet's order: the last layer, then the earlier ones
-            boxes, logits, masks = (paddle.concat([x[-1:], x[:-1]]) for x in (boxes, logits,
-                                                                               masks))
+            # one gather, not concat([x[-1:], x[:-1]]): paddle's CPU slice backward took
+            # ~20 ms a step on the masks alone
+            order = paddle.to_tensor([len(boxes) - 1, *range(len(boxes) - 1)])
+            boxes, logits, masks = (paddle.gather(x, order) for x in (boxes, logits, masks))
         else:
             boxes, logits, masks = boxes[-1:], logits[-1:], masks[-1:]
         sets, batch, num_queries = boxes.shape[:3]
